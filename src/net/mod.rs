@@ -1,0 +1,43 @@
+//! The reactor, after muduo's `net/`: it moves bytes and knows nothing of chat.
+//!
+//! - [`TcpServer`] (`server.rs`) ties it together: the caller's thread runs the
+//!   [`Acceptor`](acceptor) loop, which hands each new socket round-robin to one of N
+//!   [`EventLoop`](event_loop) threads.
+//! - Each `EventLoop` owns a `mio::Poll` and a slab of [`Connection`]s, reads until
+//!   WouldBlock, and calls the [`Handler`]'s callbacks on its own thread.
+//! - [`LoopPool`] is how any other thread reaches a connection: it queues a closure on
+//!   the owning loop and wakes it; a stale [`ConnRef`] gets `None`.
+
+mod acceptor;
+mod buffer;
+mod connection;
+mod event_loop;
+mod loop_pool;
+mod server;
+
+pub use buffer::Buffer;
+pub use connection::{ConnRef, Connection};
+pub use loop_pool::LoopPool;
+pub use server::{ServerOptions, ShutdownHandle, TcpServer};
+
+use std::time::Instant;
+
+/// The upper layer's callbacks. All run on the loop thread that owns the connection,
+/// so they must not block.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-connection state kept in [`Connection::ctx`].
+    type Context: Send + 'static;
+
+    /// The state of a connection just accepted.
+    fn new_context(&self, conn: ConnRef) -> Self::Context;
+
+    /// The connection came up (`conn.is_open()`) or went down (`!conn.is_open()`: it
+    /// can no longer be written to; this is the last callback for it).
+    fn on_connection(&self, conn: &mut Connection<Self::Context>);
+
+    /// Bytes arrived in `conn.input`; consume what was handled.
+    fn on_message(&self, conn: &mut Connection<Self::Context>);
+
+    /// Called about once a second for every connection, for timeouts.
+    fn on_tick(&self, _conn: &mut Connection<Self::Context>, _now: Instant) {}
+}
