@@ -1,3 +1,4 @@
+pub mod bus;
 pub mod net;
 pub mod proto;
 pub mod store;

@@ -1,0 +1,29 @@
+//! `LocalBus`: the bus of a server with no cluster around it. No other server exists,
+//! so nothing is published, nobody is online elsewhere, and every remote delivery
+//! falls back to the mailbox.
+
+use super::{Bus, BusError};
+use crate::store::UserId;
+
+#[derive(Debug, Default)]
+pub struct LocalBus;
+
+impl Bus for LocalBus {
+    fn publish(&self, _user: UserId, _push: &str) -> Result<bool, BusError> {
+        Ok(false)
+    }
+
+    fn ring(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn subscribe(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn unsubscribe(&self, _user: UserId) {}
+
+    fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
+        Ok(false)
+    }
+}
