@@ -1,4 +1,20 @@
+//! A cluster chat server, wire-compatible with the muduo-based C++ "cluster chat
+//! server" seeds, with their faults fixed: framed TCP, parameterised SQL, hashed
+//! passwords, identity from the session, and no acknowledged message ever lost.
+//!
+//! # Layout
+//!
+//! - [`net`]: the reactor, muduo-style on mio; knows nothing of chat.
+//! - [`proto`]: framing and messages of the wire protocol; no I/O.
+//! - [`store`]: the model layer behind one trait; embedded SQLite.
+//! - [`bus`]: how servers reach each other's users; in-process when alone.
+//! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
+//! - `src/bin/`: thin binaries that parse arguments and call the library.
+
 pub mod bus;
+pub mod chat;
 pub mod net;
 pub mod proto;
 pub mod store;
+
+pub use chat::{run, ChatServer, Config, Error};

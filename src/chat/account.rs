@@ -1,0 +1,209 @@
+//! REG, LOGIN, LOGINOUT and PING, and a connection's end (a disconnect is a LOGINOUT).
+//!
+//! Worker threads. LOGIN makes the user reachable first (registry, bus subscription),
+//! then drains the mailbox into its LOGIN_ACK, all under the user's delivery lock, so a
+//! message sent meanwhile is either in the LOGIN_ACK or pushed after it.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::conn_state::{send_frame, send_tracked};
+use super::dispatch::{fields, Outcome};
+use super::hub::{unavailable, Hub};
+use super::password;
+use super::session::Session;
+use crate::net::ConnRef;
+use crate::proto::msg::{self, errno, reply, Fail, Request};
+use crate::store::{Group, User, UserId};
+
+pub const NAME_MAX: usize = 50;
+pub const PASSWORD_MAX: usize = 128;
+
+pub fn register(hub: &Hub, _s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+    let name = req.string("name", 1, NAME_MAX)?;
+    let password = req.string("password", 1, PASSWORD_MAX)?;
+    let hash = password::hash(password).ok_or_else(|| Fail::new(errno::UNAVAILABLE, "cannot hash the password"))?;
+    match hub.store.create_user(name, &hash) {
+        Ok(id) => Ok(Outcome::Reply(fields([("id", id.into())]))),
+        Err(crate::store::StoreError::Conflict) => Err(Fail::new(errno::CONFLICT, "this name is already taken")),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+pub fn ping(_hub: &Hub, _s: &mut Session, _conn: ConnRef, _req: &Request) -> Result<Outcome, Fail> {
+    Ok(Outcome::Reply(Default::default()))
+}
+
+pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+    let id = req.int("id")?;
+    let password = req.string("password", 0, usize::MAX)?;
+    let v2 = req.body.get("v").and_then(Value::as_i64) == Some(2);
+    if s.user.is_some() {
+        return Err(Fail::new(errno::CONFLICT, "this connection is already logged in"));
+    }
+    let bad = || Fail::new(errno::BAD_LOGIN, "id or password is invalid!");
+    let creds = hub.store.credentials(id).map_err(unavailable)?.ok_or_else(bad)?;
+    if password.chars().count() > PASSWORD_MAX || !password::verify(password, &creds.password_hash) {
+        return Err(bad());
+    }
+
+    let _lock = hub.registry.lock(id);
+    let busy = || Fail::new(errno::ONLINE_ELSEWHERE, "this account is using, input another!");
+    if hub.registry.is_online(id)
+        || hub.bus.online_elsewhere(id).map_err(|e| Fail::new(errno::UNAVAILABLE, e.to_string()))?
+    {
+        return Err(busy());
+    }
+    // What an earlier connection of this user left unsent goes to the mailbox first.
+    hub.store_for(id, Vec::new())?;
+    hub.registry.connect(id, conn).map_err(|_| busy())?;
+    let undo = |fail: Fail| {
+        hub.registry.disconnect(id, conn);
+        hub.bus.unsubscribe(id);
+        fail
+    };
+    hub.bus.subscribe(id).map_err(|e| undo(Fail::new(errno::UNAVAILABLE, e.to_string())))?;
+    if let Err(e) = hub.store.set_online(&[id], true) {
+        return Err(undo(unavailable(e)));
+    }
+    let (friends, groups) = match hub.store.friends(id).and_then(|f| Ok((f, hub.store.user_groups(id)?))) {
+        Ok(x) => x,
+        Err(e) => return Err(undo(unavailable(e))),
+    };
+    let offline: Vec<Arc<str>> = match hub.store.take_offline(id) {
+        Ok(msgs) => msgs.into_iter().map(Arc::from).collect(),
+        Err(e) => return Err(undo(unavailable(e))),
+    };
+
+    let ack = login_ack(&creds.name, id, &friends, &groups, &offline, v2);
+    let body = reply(msg::LOGIN_ACK, msg::LOGIN, req.reqid.as_ref(), Ok(ack));
+    let handed = offline.clone();
+    let delivered = hub.run_on_conn(conn, move |c| {
+        c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+        c.ctx.user = Some(id);
+        send_tracked(c, &body, id, handed);
+        true
+    });
+    if !delivered {
+        // The connection went away while we logged it in: nothing was handed over.
+        let _ = hub.store_for(id, offline);
+        hub.registry.disconnect(id, conn);
+        hub.bus.unsubscribe(id);
+        let _ = hub.store.set_online(&[id], false);
+        return Ok(Outcome::Sent);
+    }
+    s.user = Some((id, creds.name));
+    Ok(Outcome::Sent)
+}
+
+pub fn loginout(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+    let (id, _) = s.me(req)?;
+    hub.logout(id, conn).map_err(unavailable)?;
+    s.user = None;
+    let body = reply(msg::ACK, msg::LOGINOUT, req.reqid.as_ref(), Ok(Default::default()));
+    hub.loops.run(conn, move |c| {
+        if let Some(c) = c {
+            c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+            c.ctx.user = None;
+            send_frame(c, &body);
+        }
+    });
+    Ok(Outcome::Sent)
+}
+
+impl Hub {
+    /// `user` on `conn` is no longer reachable here: stores what the connection left
+    /// unsent, leaves the registry and the bus, and marks the user offline.
+    fn logout(&self, user: UserId, conn: ConnRef) -> Result<(), crate::store::StoreError> {
+        let _lock = self.registry.lock(user);
+        if self.store_for(user, Vec::new()).is_err() {
+            // Keep the entry: its leftovers are stored by whoever next holds the lock.
+            return Err(crate::store::StoreError::Unavailable("cannot store undelivered messages".into()));
+        }
+        if self.registry.disconnect(user, conn) {
+            self.bus.unsubscribe(user);
+            self.store.set_online(&[user], false)?;
+        }
+        Ok(())
+    }
+
+    /// A connection ended: as LOGINOUT for its user, and its unwritten messages (for
+    /// whichever user they were handed) go back to their mailboxes.
+    pub fn connection_closed(&self, conn: ConnRef, user: Option<UserId>, unsent: Vec<(UserId, Arc<str>)>) {
+        let mut by_user: Vec<(UserId, Vec<Arc<str>>)> = Vec::new();
+        for (u, m) in unsent {
+            match by_user.last_mut() {
+                Some((last, msgs)) if *last == u => msgs.push(m),
+                _ => by_user.push((u, vec![m])),
+            }
+        }
+        for (u, msgs) in by_user {
+            let _lock = self.registry.lock(u);
+            if let Err(f) = self.store_for(u, msgs) {
+                log::error!("messages for {u} left unsent by a closed connection are lost: {}", f.errmsg);
+            }
+        }
+        if let Some(user) = user {
+            if let Err(e) = self.logout(user, conn) {
+                log::warn!("logout of {user}: {e}");
+            }
+        }
+    }
+}
+
+fn user_json(u: &User) -> Value {
+    json!({"id": u.id, "name": u.name, "state": if u.online { "online" } else { "offline" }})
+}
+
+/// In v1 every element is a JSON-encoded string; in v2 an object.
+fn element(v: Value, v2: bool) -> Value {
+    if v2 {
+        v
+    } else {
+        Value::String(v.to_string())
+    }
+}
+
+fn login_ack(
+    name: &str,
+    id: UserId,
+    friends: &[User],
+    groups: &[Group],
+    offline: &[Arc<str>],
+    v2: bool,
+) -> serde_json::Map<String, Value> {
+    let mut ack = fields([("id", id.into()), ("name", name.into())]);
+    if !offline.is_empty() {
+        let msgs = offline
+            .iter()
+            .map(|m| {
+                if v2 {
+                    serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.to_string()))
+                } else {
+                    Value::String(m.to_string())
+                }
+            })
+            .collect();
+        ack.insert("offlinemsg".into(), Value::Array(msgs));
+    }
+    if !friends.is_empty() {
+        ack.insert("friends".into(), friends.iter().map(|f| element(user_json(f), v2)).collect());
+    }
+    if !groups.is_empty() {
+        let groups = groups.iter().map(|g| {
+            let users: Vec<Value> = g
+                .members
+                .iter()
+                .map(|m| {
+                    let mut u = user_json(&m.user);
+                    u["role"] = m.role.as_str().into();
+                    element(u, v2)
+                })
+                .collect();
+            element(json!({"id": g.id, "groupname": g.name, "groupdesc": g.desc, "users": users}), v2)
+        });
+        ack.insert("groups".into(), groups.collect());
+    }
+    ack
+}

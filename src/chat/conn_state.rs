@@ -1,0 +1,116 @@
+//! `ConnState`: what the chat layer keeps per connection on its loop thread.
+//!
+//! Not thread safe, but in loop: it lives in `Connection::ctx` and only the owning loop
+//! touches it. Workers change it through closures they queue on that loop.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::net::Connection;
+use crate::proto::codec::{self, FrameDecoder};
+use crate::store::UserId;
+
+/// Pushes (or a LOGIN_ACK's offline messages) handed to a connection whose socket has
+/// not taken them yet: if it closes first they go back to the mailbox.
+struct Handed {
+    /// Stream offset just past the frame: written once `conn.written() >= end`.
+    end: u64,
+    user: UserId,
+    msgs: Vec<Arc<str>>,
+}
+
+pub struct ConnState {
+    pub decoder: FrameDecoder,
+    /// The logged-in user, from the moment its LOGIN_ACK was queued.
+    pub user: Option<UserId>,
+    /// Requests handed to a worker and not answered yet. While non-zero, replies made
+    /// on the loop go through the worker too, so replies keep request order.
+    pub in_flight: u32,
+    /// A fatal frame error was answered; further input is discarded.
+    pub failed: bool,
+    pub bucket: TokenBucket,
+    /// Unsent output past which the connection is cut off as a slow reader.
+    max_outbuf: usize,
+    handed: VecDeque<Handed>,
+}
+
+impl ConnState {
+    pub fn new(max_frame: usize, max_outbuf: usize, rate: u32) -> ConnState {
+        ConnState {
+            decoder: FrameDecoder::new(max_frame),
+            user: None,
+            in_flight: 0,
+            failed: false,
+            bucket: TokenBucket::new(rate),
+            max_outbuf,
+            handed: VecDeque::new(),
+        }
+    }
+}
+
+/// Writes one frame (body and terminator) in a single send. A connection whose unsent
+/// output passes the limit is cut off: it is not reading.
+pub fn send_frame(conn: &mut Connection<ConnState>, body: &[u8]) {
+    let mut bytes = Vec::with_capacity(body.len() + 1);
+    codec::encode(&mut bytes, body, conn.ctx.decoder.terminator());
+    conn.send(&bytes);
+    if conn.unsent() > conn.ctx.max_outbuf {
+        log::info!("{}: {} bytes unsent, cutting off a slow reader", conn.peer(), conn.unsent());
+        conn.abort();
+    }
+}
+
+/// Writes a frame that carries messages for `user`, remembering them until the socket
+/// has taken the whole frame.
+pub fn send_tracked(conn: &mut Connection<ConnState>, body: &[u8], user: UserId, msgs: Vec<Arc<str>>) {
+    send_frame(conn, body);
+    let (written, queued, unsent) = (conn.written(), conn.queued(), conn.unsent());
+    let handed = &mut conn.ctx.handed;
+    while handed.front().is_some_and(|h| h.end <= written) {
+        handed.pop_front();
+    }
+    if unsent > 0 && !msgs.is_empty() {
+        handed.push_back(Handed { end: queued, user, msgs });
+    }
+}
+
+/// The messages handed to a closing connection that its socket never took, in order.
+pub fn take_unsent(conn: &mut Connection<ConnState>) -> Vec<(UserId, Arc<str>)> {
+    let written = conn.written();
+    std::mem::take(&mut conn.ctx.handed)
+        .into_iter()
+        .filter(|h| h.end > written)
+        .flat_map(|h| h.msgs.into_iter().map(move |m| (h.user, m)))
+        .collect()
+}
+
+/// Requests per second with a burst of twice that; 0 turns the limit off.
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate: u32) -> TokenBucket {
+        let rate = f64::from(rate);
+        TokenBucket { rate, tokens: 2.0 * rate, last: Instant::now() }
+    }
+
+    /// Takes one token; false when the bucket is empty.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! `Frontend`: the chat layer's `net::Handler`. Cuts each connection's bytes into
+//! frames, parses them, answers what needs no worker, and hands the rest to the worker
+//! pool.
+//!
+//! Runs on the loop threads; never blocks. Replies made here (PONG, 429, frame errors)
+//! are written at once only while the connection has no request at a worker; otherwise
+//! they travel through its worker so replies keep request order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn_state::{send_frame, take_unsent, ConnState};
+use super::hub::Hub;
+use super::worker::Job;
+use super::worker_pool::WorkerPool;
+use crate::net::{ConnRef, Connection, Handler};
+use crate::proto::codec::{Decoded, FrameError};
+use crate::proto::msg::{self, errno, error_frame, reply, reply_type, Fail, ParseError, Request};
+
+/// Limits a connection lives by.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_frame: usize,
+    pub max_outbuf: usize,
+    /// Requests per second per connection (burst twice that); 0 is no limit.
+    pub rate_limit: u32,
+    pub login_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+}
+
+pub struct Frontend {
+    pub hub: Arc<Hub>,
+    pub workers: WorkerPool<Job>,
+    limits: Limits,
+    /// Shutting down: input is no longer turned into requests.
+    draining: AtomicBool,
+}
+
+impl Frontend {
+    pub fn new(hub: Arc<Hub>, workers: WorkerPool<Job>, limits: Limits) -> Frontend {
+        Frontend { hub, workers, limits, draining: AtomicBool::new(false) }
+    }
+
+    /// Safe to call from any thread: from now on, input is discarded.
+    pub fn stop_taking_requests(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn dispatch(&self, conn: &mut Connection<ConnState>, job: Job) {
+        conn.ctx.in_flight += 1;
+        self.workers.dispatch(conn.id().hash_key(), job);
+    }
+
+    /// Sends a reply made on the loop, in order with replies still at a worker.
+    fn answer(&self, conn: &mut Connection<ConnState>, body: Vec<u8>, close: bool) {
+        if close {
+            conn.ctx.failed = true;
+        }
+        if conn.ctx.in_flight == 0 {
+            send_frame(conn, &body);
+            if close {
+                conn.close();
+            }
+        } else {
+            let id = conn.id();
+            self.dispatch(conn, Job::Reply(id, body, close));
+        }
+    }
+
+    fn on_frame(&self, conn: &mut Connection<ConnState>, parsed: Result<Request, ParseError>) {
+        let allowed = conn.ctx.bucket.allow(Instant::now());
+        match parsed {
+            Err(ParseError::NotJson(why)) => {
+                log::debug!("{}: not a JSON object: {why}", conn.peer());
+                self.answer(conn, error_frame(errno::MALFORMED, &format!("not a JSON object: {why}"), None), true);
+            }
+            Err(ParseError::NoRequest { reqid, why }) => {
+                let errno = if allowed { errno::MALFORMED } else { errno::TOO_MANY };
+                self.answer(conn, error_frame(errno, &why, reqid.as_ref()), false);
+            }
+            Ok(req) if !allowed => {
+                let fail = Fail::new(errno::TOO_MANY, "too many requests, slow down");
+                self.answer(conn, reply(reply_type(req.msgid), req.msgid, req.reqid.as_ref(), Err(fail)), false);
+            }
+            Ok(req) if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 => {
+                send_frame(conn, &reply(msg::PONG, msg::PING, req.reqid.as_ref(), Ok(Default::default())));
+            }
+            Ok(req) => {
+                let id = conn.id();
+                self.dispatch(conn, Job::Request(id, req));
+            }
+        }
+    }
+}
+
+impl Handler for Frontend {
+    type Context = ConnState;
+
+    fn new_context(&self, _conn: ConnRef) -> ConnState {
+        ConnState::new(self.limits.max_frame, self.limits.max_outbuf, self.limits.rate_limit)
+    }
+
+    fn on_connection(&self, conn: &mut Connection<ConnState>) {
+        if conn.is_open() {
+            log::debug!("{} connected", conn.peer());
+            return;
+        }
+        log::debug!("{} disconnected", conn.peer());
+        let mut unsent = take_unsent(conn);
+        if let Some(user) = conn.ctx.user {
+            let (mine, others): (Vec<_>, Vec<_>) = unsent.into_iter().partition(|(u, _)| *u == user);
+            let back = self.hub.registry.mark_leaving(user, conn.id(), mine.into_iter().map(|(_, m)| m).collect());
+            unsent = back.into_iter().map(|m| (user, m)).chain(others).collect();
+        }
+        let id = conn.id();
+        self.workers.dispatch(id.hash_key(), Job::Closed(id, unsent));
+    }
+
+    fn on_message(&self, conn: &mut Connection<ConnState>) {
+        loop {
+            if conn.ctx.failed || !conn.is_open() || self.draining.load(Ordering::Acquire) {
+                let n = conn.input.len();
+                conn.input.consume(n);
+                return;
+            }
+            match conn.ctx.decoder.decode(conn.input.readable()) {
+                Ok(Decoded::Frame { body, consumed }) => {
+                    let parsed = Request::parse(&conn.input.readable()[body]);
+                    conn.input.consume(consumed);
+                    self.on_frame(conn, parsed);
+                }
+                Ok(Decoded::Partial { consumed }) => {
+                    conn.input.consume(consumed);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("{}: {e}", conn.peer());
+                    let errno = match e {
+                        FrameError::TooLarge { .. } => errno::TOO_LARGE,
+                        FrameError::NotAnObject => errno::MALFORMED,
+                    };
+                    self.answer(conn, error_frame(errno, &e.to_string(), None), true);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&self, conn: &mut Connection<ConnState>, now: Instant) {
+        let expired = |since: Instant, limit: Option<Duration>| limit.is_some_and(|l| now.duration_since(since) > l);
+        if conn.ctx.user.is_none() && conn.ctx.in_flight == 0 && expired(conn.created(), self.limits.login_timeout) {
+            log::debug!("{}: no login in time, closing", conn.peer());
+            conn.close();
+        } else if conn.ctx.user.is_some() && expired(conn.last_read(), self.limits.idle_timeout) {
+            log::debug!("{}: idle, closing", conn.peer());
+            conn.close();
+        }
+    }
+}

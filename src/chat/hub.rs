@@ -1,0 +1,65 @@
+//! `Hub`: what every worker shares — the store, the bus, the registry of who is online
+//! here, and the loops through which replies and pushes reach connections.
+//!
+//! Built once in `chat::run` and passed down; no globals. Its methods block and run on
+//! worker threads only.
+
+use std::sync::Arc;
+
+use crossbeam_channel::bounded;
+
+use super::conn_state::{send_frame, ConnState};
+use super::registry::Registry;
+use crate::bus::Bus;
+use crate::net::{ConnRef, Connection, LoopPool};
+use crate::proto::msg::{errno, Fail};
+use crate::store::{Store, StoreError};
+
+pub struct Hub {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub registry: Registry,
+    pub loops: LoopPool<ConnState>,
+}
+
+impl Hub {
+    /// Queues a reply on `conn`, ending the request's in-flight count.
+    pub fn reply(&self, conn: ConnRef, body: Vec<u8>, close: bool) {
+        self.loops.run(conn, move |c| {
+            if let Some(c) = c {
+                c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+                send_frame(c, &body);
+                if close {
+                    c.close();
+                }
+            }
+        });
+    }
+
+    /// Runs `f` on `conn`'s loop and waits for it. `f` returns whether it could act;
+    /// false, or a loop that has stopped, means the connection is gone.
+    pub fn run_on_conn(
+        &self,
+        conn: ConnRef,
+        f: impl FnOnce(&mut Connection<ConnState>) -> bool + Send + 'static,
+    ) -> bool {
+        let (tx, rx) = bounded(1);
+        self.loops.run(conn, move |c| {
+            let done = c.map(f).unwrap_or(false);
+            let _ = tx.send(done);
+        });
+        rx.recv().unwrap_or(false)
+    }
+}
+
+/// A storage failure as a reply: 503, try again.
+pub fn unavailable(e: StoreError) -> Fail {
+    match e {
+        StoreError::Unavailable(why) => {
+            log::warn!("storage: {why}");
+            Fail::new(errno::UNAVAILABLE, "storage unavailable, try again")
+        }
+        StoreError::Conflict => Fail::new(errno::CONFLICT, "conflict"),
+        StoreError::NotFound => Fail::new(errno::NOT_FOUND, "not found"),
+    }
+}

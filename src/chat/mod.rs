@@ -1,0 +1,28 @@
+//! The chat service: where net, proto, store and bus meet.
+//!
+//! - `frontend` (loop threads): the `net::Handler`; frames in, jobs out.
+//! - `worker` + `dispatch` (worker threads): the msgid handler table, and one file per
+//!   group of handlers: `account`, `message`, `friend`, `group`.
+//! - `delivery` (worker threads): live push, bus, or mailbox, exactly once and in order.
+//! - `registry`: who is online on which local connection; per-user delivery locks.
+//! - `server`: builds it all from a `Config` and runs it; `run` is what `main` calls.
+
+mod account;
+mod config;
+mod conn_state;
+mod delivery;
+mod dispatch;
+mod friend;
+mod frontend;
+mod group;
+mod hub;
+mod message;
+mod password;
+mod registry;
+mod server;
+mod session;
+mod worker;
+mod worker_pool;
+
+pub use config::Config;
+pub use server::{run, ChatServer, Error};

@@ -1,0 +1,140 @@
+//! `ChatServer`: builds the service from a `Config` and runs it until shut down.
+//!
+//! Threads: the caller's thread accepts; `--threads` event loops do all socket I/O;
+//! `--workers` workers do storage and hashing. Shutdown (SIGINT/SIGTERM, or
+//! `ShutdownHandle::shutdown`): stop accepting, stop taking requests, let requests in
+//! flight finish, flush and close every connection (each close is a LOGINOUT, and
+//! what a connection never wrote goes back to the mailbox), then stop the workers.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::config::Config;
+use super::frontend::{Frontend, Limits};
+use super::hub::Hub;
+use super::registry::Registry;
+use super::worker::Worker;
+use super::worker_pool::WorkerPool;
+use crate::bus::{Bus, LocalBus};
+use crate::net::{ServerOptions, ShutdownHandle, TcpServer};
+use crate::store::{self, Store};
+
+/// How long shutdown waits for requests in flight, and for the final stores.
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub enum Error {
+    Io(String, std::io::Error),
+    Store(store::StoreError),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Io(what, e) => write!(f, "{what}: {e}"),
+            Error::Store(e) => write!(f, "database: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub struct ChatServer {
+    tcp: TcpServer<Frontend>,
+    frontend: Arc<Frontend>,
+    store: Arc<dyn Store>,
+}
+
+impl ChatServer {
+    /// Opens the store and binds the address `config` names.
+    pub fn bind(config: &Config) -> Result<ChatServer, Error> {
+        let addr = SocketAddr::new(config.ip, config.port);
+        let listener = TcpListener::bind(addr).map_err(|e| Error::Io(format!("cannot listen on {addr}"), e))?;
+        ChatServer::new(config, listener)
+    }
+
+    /// Builds the service on a bound listener.
+    pub fn new(config: &Config, listener: TcpListener) -> Result<ChatServer, Error> {
+        let store = store::open(&config.db).map_err(Error::Store)?;
+        // A single server owns its database: nobody is online before it starts.
+        store.set_all_offline().map_err(Error::Store)?;
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus);
+        let opts = ServerOptions { threads: config.threads(), max_conns: config.max_conns, keepalive: true };
+        let tcp = TcpServer::new(listener, &opts).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
+        let hub = Arc::new(Hub { store: Arc::clone(&store), bus, registry: Registry::default(), loops: tcp.pool() });
+        let workers = WorkerPool::start(config.workers(), |_| {
+            let mut worker = Worker::new(Arc::clone(&hub));
+            move |job| worker.handle(job)
+        })
+        .map_err(|e| Error::Io("cannot start the workers".into(), e))?;
+        let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
+        let limits = Limits {
+            max_frame: config.max_frame as usize,
+            max_outbuf: config.max_outbuf as usize,
+            rate_limit: config.rate_limit,
+            login_timeout: secs(config.login_timeout),
+            idle_timeout: secs(config.idle_timeout),
+        };
+        let frontend = Arc::new(Frontend::new(hub, workers, limits));
+        Ok(ChatServer { tcp, frontend, store })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.tcp.shutdown_handle()
+    }
+
+    /// Serves until the shutdown handle is raised, then shuts down gracefully.
+    pub fn run(self) -> Result<(), Error> {
+        let ChatServer { tcp, frontend, store } = self;
+        log::info!("ChatServer listening on {}", tcp.local_addr());
+        let mut running =
+            tcp.start(Arc::clone(&frontend)).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
+        running.accept_until_stopped();
+        log::info!("shutting down");
+        frontend.stop_taking_requests();
+        if !frontend.workers.wait_idle(DRAIN) {
+            log::warn!("requests still in flight after {DRAIN:?}");
+        }
+        log::debug!("requests drained; closing connections");
+        running.stop_loops();
+        log::debug!("connections closed; storing what they left");
+        if !frontend.workers.wait_idle(DRAIN) {
+            log::warn!("closing work still queued after {DRAIN:?}");
+        }
+        let users = frontend.hub.registry.all_users();
+        if !users.is_empty() {
+            if let Err(e) = store.set_online(&users, false) {
+                log::warn!("cannot mark {} users offline: {e}", users.len());
+            }
+        }
+        match Arc::try_unwrap(frontend) {
+            Ok(frontend) => frontend.workers.stop(),
+            Err(_) => log::warn!("workers left running at exit"),
+        }
+        log::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs the server `config` describes until SIGINT or SIGTERM.
+pub fn run(config: &Config) -> Result<(), Error> {
+    let server = ChatServer::bind(config)?;
+    let stop = server.shutdown_handle();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
+        .map_err(|e| Error::Io("cannot handle signals".into(), e))?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                log::info!("signal {sig} received");
+                stop.shutdown();
+            }
+        })
+        .map_err(|e| Error::Io("cannot start the signal thread".into(), e))?;
+    server.run()
+}

@@ -1,0 +1,49 @@
+//! `Worker`: the job function of one worker-pool thread.
+//!
+//! Owns the `Session` of every connection routed to it (by the connection's key, so a
+//! connection's jobs all land here, in order).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::dispatch;
+use super::hub::Hub;
+use super::session::Session;
+use crate::net::ConnRef;
+use crate::proto::msg::Request;
+use crate::store::UserId;
+
+pub enum Job {
+    /// A request to handle.
+    Request(ConnRef, Request),
+    /// A reply made on the loop while earlier requests were in flight: passed back so
+    /// it follows their replies. `true` closes the connection after it.
+    Reply(ConnRef, Vec<u8>, bool),
+    /// The connection closed; with the messages it was handed and never wrote.
+    Closed(ConnRef, Vec<(UserId, Arc<str>)>),
+}
+
+pub struct Worker {
+    hub: Arc<Hub>,
+    sessions: HashMap<ConnRef, Session>,
+}
+
+impl Worker {
+    pub fn new(hub: Arc<Hub>) -> Worker {
+        Worker { hub, sessions: HashMap::new() }
+    }
+
+    pub fn handle(&mut self, job: Job) {
+        match job {
+            Job::Request(conn, req) => {
+                let session = self.sessions.entry(conn).or_default();
+                dispatch::handle(&self.hub, session, conn, &req);
+            }
+            Job::Reply(conn, body, close) => self.hub.reply(conn, body, close),
+            Job::Closed(conn, unsent) => {
+                let user = self.sessions.remove(&conn).and_then(|s| s.user).map(|(id, _)| id);
+                self.hub.connection_closed(conn, user, unsent);
+            }
+        }
+    }
+}
