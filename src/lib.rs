@@ -8,6 +8,7 @@
 //! - [`proto`]: framing and messages of the wire protocol; no I/O.
 //! - [`store`]: the model layer behind one trait; embedded SQLite.
 //! - [`bus`]: how servers reach each other's users; in-process when alone.
+//! - [`ring`]: the consistent-hash ring behind `ConsistentHash`.
 //! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
 //! - `src/bin/`: thin binaries that parse arguments and call the library.
 
@@ -15,6 +16,7 @@ pub mod bus;
 pub mod chat;
 pub mod net;
 pub mod proto;
+pub mod ring;
 pub mod store;
 
 pub use chat::{run, ChatServer, Config, Error};
