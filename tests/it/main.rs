@@ -1,0 +1,10 @@
+//! The integration suite: one binary, a module per area. Tests start the real binaries
+//! on free loopback ports in temp dirs and talk to them over TCP.
+
+mod support;
+
+mod framing;
+mod lifecycle;
+mod protocol;
+mod ring;
+mod store;

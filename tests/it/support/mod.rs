@@ -1,0 +1,336 @@
+//! Test support: a real `ChatServer` process on a free loopback port in a temp dir, and
+//! a line-level client that speaks the wire protocol over a real socket.
+//!
+//! Servers are stopped by PID when dropped (SIGKILL), or with `stop()` (SIGTERM).
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How long a test waits for any one reply.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "chat-it-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    match name {
+        "ChatServer" => PathBuf::from(env!("CARGO_BIN_EXE_ChatServer")),
+        "ChatClient" => PathBuf::from(env!("CARGO_BIN_EXE_ChatClient")),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+/// A running `ChatServer`.
+pub struct Server {
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    log: Arc<Mutex<String>>,
+    pub db: String,
+    _dir: Option<TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh embedded database in its own temp dir.
+    pub fn start(args: &[&str]) -> Server {
+        let dir = TempDir::new("srv");
+        let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+        let mut s = Server::start_with_db(&db, args);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// A server on the database `db` (a URL), e.g. to restart over the same data.
+    pub fn start_with_db(db: &str, args: &[&str]) -> Server {
+        let mut cmd = Command::new(bin("ChatServer"));
+        cmd.args(["127.0.0.1", "0", "--db", db])
+            .args(args)
+            .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ChatServer");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.trim().parse::<SocketAddr>()) {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("ChatServer did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
+            }
+        };
+        Server { addr, child: Some(child), log, db: db.to_owned(), _dir: None }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Sends `sig` and waits up to `within` for the exit.
+    pub fn signal(&mut self, sig: &str, within: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM; the exit status if it exited within 5 s.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.signal("TERM", Duration::from_secs(5))
+    }
+
+    /// SIGTERM, and asserts a clean exit (status 0) within 5 s.
+    pub fn stop_cleanly(&mut self) {
+        match self.stop() {
+            Some(status) if status.success() => {}
+            other => panic!("ChatServer did not exit cleanly within 5 s ({other:?}); log:\n{}", self.log()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = self.log();
+        if log.contains("panicked") {
+            eprintln!("server log:\n{log}");
+            if !std::thread::panicking() {
+                panic!("the server panicked");
+            }
+        }
+    }
+}
+
+/// A protocol client over one TCP connection. Frames it sends end with `terminator`
+/// (`"\n"` unless changed); frames it reads may end with NUL or newline.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pushes: std::collections::VecDeque<Value>,
+    pub terminator: &'static [u8],
+    /// The terminator bytes seen after each frame read.
+    pub seen_terminators: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        Client { stream, buf: Vec::new(), pushes: Default::default(), terminator: b"\n", seen_terminators: Vec::new() }
+    }
+
+    pub fn send(&mut self, v: &Value) {
+        let mut bytes = serde_json::to_vec(v).expect("json");
+        bytes.extend_from_slice(self.terminator);
+        self.send_raw(&bytes);
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// The next frame from the server, or `None` if the connection closed.
+    pub fn read_frame(&mut self, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == 0 || *b == b'\n') {
+                let frame: Vec<u8> = self.buf.drain(..=pos).collect();
+                self.seen_terminators.push(frame[pos]);
+                let text = &frame[..pos];
+                if text.iter().all(|b| b.is_ascii_whitespace()) {
+                    continue;
+                }
+                return Some(
+                    serde_json::from_slice(text)
+                        .unwrap_or_else(|e| panic!("bad frame {:?}: {e}", String::from_utf8_lossy(text))),
+                );
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("no frame within {timeout:?}; have {:?}", String::from_utf8_lossy(&self.buf));
+            }
+            self.stream.set_read_timeout(Some(deadline - now)).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    panic!("no frame within {timeout:?}; have {:?}", String::from_utf8_lossy(&self.buf))
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next reply (not a push); pushes read meanwhile are kept for `push`.
+    pub fn reply(&mut self) -> Value {
+        loop {
+            let v = self.read_frame(WAIT).expect("connection closed while waiting for a reply");
+            match v["msgid"].as_i64() {
+                Some(6) | Some(10) => self.pushes.push_back(v),
+                _ => return v,
+            }
+        }
+    }
+
+    /// Sends a request and returns its reply.
+    pub fn call(&mut self, v: Value) -> Value {
+        self.send(&v);
+        self.reply()
+    }
+
+    /// The next push (ONE_CHAT or GROUP_CHAT).
+    pub fn push(&mut self) -> Value {
+        self.push_within(WAIT).expect("no push")
+    }
+
+    pub fn push_within(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(p) = self.pushes.pop_front() {
+            return Some(p);
+        }
+        let v = self.read_frame(timeout)?;
+        assert!(matches!(v["msgid"].as_i64(), Some(6) | Some(10)), "expected a push, got {v}");
+        Some(v)
+    }
+
+    /// Asserts nothing arrives within `quiet`.
+    pub fn expect_silence(&mut self, quiet: Duration) {
+        assert!(self.pushes.is_empty(), "unexpected {:?}", self.pushes);
+        self.stream.set_read_timeout(Some(quiet)).expect("timeout");
+        let mut chunk = [0u8; 4096];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => panic!("connection closed"),
+            Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&chunk[..n])),
+            Err(_) => {}
+        }
+    }
+
+    /// Whether the server closed the connection within `timeout` (frames before the
+    /// close are skipped).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut chunk = [0u8; 65536];
+        while Instant::now() < deadline {
+            self.stream.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    // --- requests ---
+
+    pub fn register(&mut self, name: &str, password: &str) -> i64 {
+        let r = self.call(json!({"msgid": 4, "name": name, "password": password}));
+        assert_eq!(r["errno"], 0, "REG {name}: {r}");
+        r["id"].as_i64().expect("id")
+    }
+
+    pub fn login(&mut self, id: i64, password: &str) -> Value {
+        let r = self.call(json!({"msgid": 1, "id": id, "password": password}));
+        assert_eq!(r["errno"], 0, "LOGIN {id}: {r}");
+        r
+    }
+}
+
+/// A user registered and logged in on its own connection.
+pub struct User {
+    pub id: i64,
+    pub name: String,
+    pub c: Client,
+}
+
+static NAMES: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique within this test process.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", NAMES.fetch_add(1, Ordering::Relaxed))
+}
+
+impl User {
+    pub fn new(server: &Server, prefix: &str) -> User {
+        User::at(server.addr, prefix)
+    }
+
+    pub fn at(addr: SocketAddr, prefix: &str) -> User {
+        let name = unique(prefix);
+        let mut c = Client::connect(addr);
+        let id = c.register(&name, "pw");
+        c.login(id, "pw");
+        User { id, name, c }
+    }
+}
