@@ -10,10 +10,12 @@
 //! - [`bus`]: how servers reach each other's users; in-process when alone.
 //! - [`ring`]: the consistent-hash ring behind `ConsistentHash`.
 //! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
+//! - [`client`]: the terminal client behind `ChatClient`.
 //! - `src/bin/`: thin binaries that parse arguments and call the library.
 
 pub mod bus;
 pub mod chat;
+pub mod client;
 pub mod net;
 pub mod proto;
 pub mod ring;

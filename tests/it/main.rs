@@ -3,6 +3,7 @@
 
 mod support;
 
+mod client;
 mod framing;
 mod lifecycle;
 mod protocol;

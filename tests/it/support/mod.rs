@@ -161,8 +161,9 @@ impl Drop for Server {
             let _ = child.wait();
         }
         let log = self.log();
-        if log.contains("panicked") {
-            eprintln!("server log:\n{log}");
+        if log.contains("panicked") || std::thread::panicking() {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("server log (last {} lines):\n{}", tail.len(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
             if !std::thread::panicking() {
                 panic!("the server panicked");
             }
