@@ -2,7 +2,13 @@
 # Builds the release binaries into ./bin, or runs the whole test suite.
 #
 #   ./autobuild.sh          build bin/ChatServer, bin/ChatClient, bin/ConsistentHash
-#   ./autobuild.sh test     build, then run every test (unit, integration, doc)
+#   ./autobuild.sh test     build, then run every test (unit, integration, doc): once on
+#                           SQLite, then the integration suite again on MySQL (MariaDB)
+#
+# The integration suite starts private MariaDB, Redis and nginx (stream) servers of its
+# own, in temp dirs on free loopback ports (tests/it/support/services.rs): it needs their
+# programs, not running services. `test` installs them when missing (as root, with
+# apt-get), and otherwise says what to install and fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -19,12 +25,118 @@ build() {
     echo "built: $(cd bin && ls | tr '\n' ' ')"
 }
 
+# The first of the named programs on PATH or in the sbin directories.
+find_bin() {
+    local name dir
+    for name in "$@"; do
+        if command -v "$name" >/dev/null 2>&1; then
+            command -v "$name"
+            return 0
+        fi
+        for dir in /usr/sbin /usr/local/sbin /sbin; do
+            if [ -x "$dir/$name" ]; then
+                echo "$dir/$name"
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+
+# Whether nginx is there with its stream module, built in or as a loadable module.
+has_nginx_stream() {
+    local nginx flags dir
+    nginx=$(find_bin nginx) || return 1
+    flags=" $("$nginx" -V 2>&1 | tr '\n' ' ') "
+    case "$flags" in
+        *" --with-stream "*) return 0 ;;
+        *" --with-stream=dynamic "*) ;;
+        *) return 1 ;;
+    esac
+    for dir in $(echo "$flags" | tr ' ' '\n' | sed -n 's/^--modules-path=//p') \
+        /usr/lib/nginx/modules /usr/lib64/nginx/modules /usr/share/nginx/modules /usr/local/nginx/modules; do
+        [ -f "$dir/ngx_stream_module.so" ] && return 0
+    done
+    return 1
+}
+
+# What the test services lack, one item a line; nothing when all is there.
+missing_services() {
+    find_bin mariadbd mysqld >/dev/null || echo "mariadbd (package mariadb-server)"
+    find_bin mariadb-install-db mysql_install_db >/dev/null || echo "mariadb-install-db (package mariadb-server)"
+    find_bin redis-server >/dev/null || echo "redis-server (package redis-server)"
+    has_nginx_stream || echo "nginx with its stream module (packages nginx-light libnginx-mod-stream)"
+}
+
+service_running() {
+    command -v service >/dev/null 2>&1 && service "$1" status >/dev/null 2>&1
+}
+
+# Installs the test services' programs with apt-get, without leaving system services
+# running: the tests start private servers and need none.
+install_services() {
+    local nginx_pkg=nginx-light policy=/usr/sbin/policy-rc.d made_policy="" rc=0 svc
+    local services=(mariadb redis-server nginx) was_running=()
+    for svc in "${services[@]}"; do
+        if service_running "$svc"; then was_running+=("$svc"); fi
+    done
+    export DEBIAN_FRONTEND=noninteractive
+    # Packages must not start their services (invoke-rc.d and deb-systemd-invoke ask
+    # policy-rc.d); an existing policy is left as it is.
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    apt-get update -q || rc=$?
+    if [ "$rc" -eq 0 ]; then
+        apt-cache show nginx-light >/dev/null 2>&1 || nginx_pkg=nginx
+        apt-get install -y -q --no-install-recommends mariadb-server redis-server "$nginx_pkg" libnginx-mod-stream \
+            || rc=$?
+    fi
+    if [ -n "$made_policy" ]; then rm -f "$policy"; fi
+    # Should a service have started anyway, stop it, unless it ran before.
+    for svc in "${services[@]}"; do
+        if service_running "$svc" && [[ " ${was_running[*]} " != *" $svc "* ]]; then
+            echo "stopping the $svc system service that the install started"
+            service "$svc" stop || true
+        fi
+    done
+    return "$rc"
+}
+
+# Makes sure the programs the test services need are there, or fails saying which.
+ensure_services() {
+    local missing
+    missing=$(missing_services)
+    [ -z "$missing" ] && return 0
+    echo "the integration tests need:"
+    echo "$missing" | sed 's/^/  - /'
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing them with apt-get"
+        install_services || true
+        missing=$(missing_services)
+        [ -z "$missing" ] && return 0
+    fi
+    {
+        echo "error: still missing:"
+        echo "$missing" | sed 's/^/  - /'
+        echo "install them (Debian/Ubuntu, as root):"
+        echo "  apt-get install mariadb-server redis-server nginx-light libnginx-mod-stream"
+    } >&2
+    exit 1
+}
+
 run_tests() {
+    ensure_services
     # The suite opens a thousand sockets per side in one test.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     # Release profile: the same build as ./bin, so CI compiles the dependencies once.
     cargo test --release --locked --all-targets
     cargo test --release --locked --doc
+    # The integration suite again with every server on MySQL (a fresh database each, on
+    # the suite's private MariaDB). Skipped: what already ran against both backends
+    # (store::, both store suites), against MariaDB directly (mysql::), and the
+    # harness's own tests (support::).
+    CHAT_TEST_STORE=mysql cargo test --release --locked --test it -- --skip store:: --skip mysql:: --skip support::
 }
 
 case "${1:-build}" in

@@ -4,8 +4,10 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod mysql;
 mod sqlite;
 
+pub use self::mysql::MysqlStore;
 pub use sqlite::SqliteStore;
 
 use std::fmt;
@@ -126,10 +128,42 @@ pub trait Store: Send + Sync {
     /// Takes `user`'s whole mailbox, oldest first, deleting exactly the rows returned,
     /// in one transaction: a message stored concurrently is either returned or kept.
     fn take_offline(&self, user: UserId) -> Result<Vec<String>>;
+    /// Up to `limit` of `user`'s oldest mailbox rows as (row id, message), oldest
+    /// first. Nothing is removed: rows leave with `remove_offline` once handed over.
+    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
+        let _ = (user, limit);
+        Err(StoreError::Unavailable("peek_offline is not implemented by this backend".into()))
+    }
+    /// Removes exactly these rows of `user`'s mailbox, in one transaction.
+    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
+        let _ = (user, ids);
+        Err(StoreError::Unavailable("remove_offline is not implemented by this backend".into()))
+    }
 }
 
-/// Opens the store a `--db` URL names: `sqlite://PATH` (or a bare path).
+/// Connections a pooled backend opens at most when [`open`] is not told otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 10;
+
+/// Opens the store a `--db` URL names, with a pool of [`DEFAULT_POOL_SIZE`]: see
+/// [`open_with_pool`].
 pub fn open(url: &str) -> Result<Arc<dyn Store>> {
-    let path = url.strip_prefix("sqlite://").unwrap_or(url);
+    open_with_pool(url, DEFAULT_POOL_SIZE)
+}
+
+/// Opens the store a `--db` URL names; the scheme picks the backend:
+/// - `mysql://USER:PASS@HOST:PORT/DB`: [`MysqlStore`], at most `pool_size` connections;
+/// - `sqlite://PATH`, or a bare path: [`SqliteStore`] (its own small pool).
+pub fn open_with_pool(url: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
+    if url.starts_with("mysql://") {
+        return Ok(Arc::new(MysqlStore::open(url, pool_size)?));
+    }
+    let path = match url.strip_prefix("sqlite://") {
+        Some(path) => path,
+        None if url.contains("://") => {
+            let scheme = url.split("://").next().unwrap_or_default();
+            return Err(StoreError::Unavailable(format!("unknown database scheme {scheme}:// (mysql or sqlite)")));
+        }
+        None => url,
+    };
     Ok(Arc::new(SqliteStore::open(path)?))
 }

@@ -372,6 +372,18 @@ fn select_offline(conn: &Connection, user: UserId) -> Result<Vec<(i64, String)>>
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+fn select_offline_page(conn: &Connection, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut stmt =
+        conn.prepare_cached("SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id LIMIT ?2")?;
+    let rows = stmt.query_map(params![user, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn delete_offline_row(conn: &Connection, user: UserId, id: i64) -> Result<usize> {
+    Ok(conn.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id = ?2")?.execute(params![user, id])?)
+}
+
 /// Deletes `user`'s messages up to id `max`; returns how many.
 fn delete_offline_upto(conn: &Connection, user: UserId, max: i64) -> Result<usize> {
     Ok(conn.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id <= ?2")?.execute(params![user, max])?)
@@ -500,6 +512,14 @@ impl Store for SqliteStore {
             }
             Ok(rows.into_iter().map(|(_, msg)| msg).collect())
         })
+    }
+
+    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.read(|c| select_offline_page(c, user, limit))
+    }
+
+    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
+        self.write(|tx| ids.iter().try_for_each(|id| delete_offline_row(tx, user, *id).map(drop)))
     }
 }
 

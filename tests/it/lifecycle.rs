@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::{bin, unique, Client, Server, TempDir, User};
+use crate::support::{bin, fresh_db, unique, Client, Server, User};
 
 #[test]
 fn data_and_undelivered_mail_survive_a_restart() {
-    let dir = TempDir::new("restart");
-    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let db = fresh_db();
     let mut s = Server::start_with_db(&db, &[]);
     let mut a = User::new(&s, "sam");
     let mut c = s.client();
@@ -39,8 +38,7 @@ fn data_and_undelivered_mail_survive_a_restart() {
 
 #[test]
 fn sigterm_exits_zero_and_users_can_log_in_after_restart() {
-    let dir = TempDir::new("term");
-    let db = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let db = fresh_db();
     let mut s = Server::start_with_db(&db, &[]);
     let users: Vec<User> = (0..3).map(|_| User::new(&s, "term")).collect();
     let started = Instant::now();

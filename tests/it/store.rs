@@ -1,8 +1,8 @@
 //! A backend-independent test suite for [`Store`].
 //!
 //! [`run_all`] takes a function that opens a fresh, empty store and runs every check
-//! on its own store. Each backend calls it once (see `sqlite_store_suite` at the
-//! bottom); a MySQL backend reuses it unchanged.
+//! on its own store. Each backend calls it once (`sqlite_store_suite` and
+//! `mysql_store_suite` at the bottom).
 //!
 //! The checks only rely on what the trait documents: no case sensitivity of names,
 //! no trailing spaces (MySQL collations compare those differently), no NUL bytes.
@@ -604,4 +604,13 @@ fn sqlite_store_suite() {
         let store = SqliteStore::open(path.to_str().expect("utf-8 temp path")).expect("open");
         Arc::new(store) as Arc<dyn Store>
     });
+}
+
+// ---------------------------------------------------------------------------------
+// The MySQL backend: each check on a fresh database of the shared private MariaDB.
+
+#[test]
+fn mysql_store_suite() {
+    let mariadb = crate::support::services::MariaDb::shared();
+    run_all(&|| chat::store::open(&mariadb.create_database()).expect("open a fresh MySQL store"));
 }
