@@ -19,6 +19,9 @@ use crate::store::{Group, User, UserId};
 
 pub const NAME_MAX: usize = 50;
 pub const PASSWORD_MAX: usize = 128;
+/// Offline messages in a LOGIN_ACK at most (~3 MB of the largest); the rest follow as
+/// pushes.
+pub const LOGIN_BATCH: usize = 200;
 
 pub fn register(hub: &Hub, _s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let name = req.string("name", 1, NAME_MAX)?;
@@ -42,11 +45,18 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     if s.user.is_some() {
         return Err(Fail::new(errno::CONFLICT, "this connection is already logged in"));
     }
-    let bad = || Fail::new(errno::BAD_LOGIN, "id or password is invalid!");
+    if !hub.login_guard.may_try(id) {
+        return Err(Fail::new(errno::TOO_MANY, "too many failed logins, try again later"));
+    }
+    let bad = || {
+        hub.login_guard.failed(id);
+        Fail::new(errno::BAD_LOGIN, "id or password is invalid!")
+    };
     let creds = hub.store.credentials(id).map_err(unavailable)?.ok_or_else(bad)?;
     if password.chars().count() > PASSWORD_MAX || !password::verify(password, &creds.password_hash) {
         return Err(bad());
     }
+    hub.login_guard.succeeded(id);
 
     let _lock = hub.registry.lock(id);
     let busy = || Fail::new(errno::ONLINE_ELSEWHERE, "this account is using, input another!");
@@ -60,7 +70,7 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     hub.registry.connect(id, conn).map_err(|_| busy())?;
     let undo = |fail: Fail| {
         hub.registry.disconnect(id, conn);
-        hub.bus.unsubscribe(id);
+        let _ = hub.bus.unsubscribe(id);
         fail
     };
     hub.bus.subscribe(id).map_err(|e| undo(Fail::new(errno::UNAVAILABLE, e.to_string())))?;
@@ -71,29 +81,39 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
         Ok(x) => x,
         Err(e) => return Err(undo(unavailable(e))),
     };
-    let offline: Vec<Arc<str>> = match hub.store.take_offline(id) {
-        Ok(msgs) => msgs.into_iter().map(Arc::from).collect(),
+    // The oldest page of the mailbox goes in the LOGIN_ACK; the rest is pumped after it.
+    let (ids, offline): (Vec<i64>, Vec<Arc<str>>) = match hub.store.peek_offline(id, LOGIN_BATCH) {
+        Ok(rows) => rows.into_iter().map(|(row, m)| (row, Arc::from(m))).unzip(),
         Err(e) => return Err(undo(unavailable(e))),
     };
+    let backlog = ids.len() == LOGIN_BATCH;
+    hub.registry.set_backlog(id, conn, backlog);
 
     let ack = login_ack(&creds.name, id, &friends, &groups, &offline, v2);
     let body = reply(msg::LOGIN_ACK, msg::LOGIN, req.reqid.as_ref(), Ok(ack));
-    let handed = offline.clone();
-    let delivered = hub.run_on_conn(conn, move |c| {
+    let handed = hub.run_on_conn(conn, move |c| {
         c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
         c.ctx.user = Some(id);
-        send_tracked(c, &body, id, handed);
-        true
+        send_tracked(c, &body, id, offline);
+        let caught_up = c.unsent() == 0;
+        c.ctx.want_pump |= backlog && !caught_up;
+        Some(caught_up)
     });
-    if !delivered {
+    let Some(caught_up) = handed else {
         // The connection went away while we logged it in: nothing was handed over.
-        let _ = hub.store_for(id, offline);
         hub.registry.disconnect(id, conn);
-        hub.bus.unsubscribe(id);
+        let _ = hub.bus.unsubscribe(id);
         let _ = hub.store.set_online(&[id], false);
         return Ok(Outcome::Sent);
+    };
+    if let Err(e) = hub.store.remove_offline(id, &ids) {
+        log::error!("mailbox of {id}: {e}; {} handed messages may come again", ids.len());
     }
     s.user = Some((id, creds.name));
+    drop(_lock);
+    if backlog && caught_up {
+        hub.pump(conn, id);
+    }
     Ok(Outcome::Sent)
 }
 
@@ -117,15 +137,24 @@ impl Hub {
     /// unsent, leaves the registry and the bus, and marks the user offline.
     fn logout(&self, user: UserId, conn: ConnRef) -> Result<(), crate::store::StoreError> {
         let _lock = self.registry.lock(user);
-        if self.store_for(user, Vec::new()).is_err() {
+        if !self.registry.is_entry_of(user, conn) {
+            return Ok(()); // another connection holds the user now
+        }
+        // Unsent pushes first; then leave the bus, so nothing more arrives; then store
+        // what arrived meanwhile. Only then may others find the user gone and store
+        // newer mail behind these.
+        let unavailable = || crate::store::StoreError::Unavailable("cannot store undelivered messages".into());
+        self.store_for(user, Vec::new()).map_err(|_| unavailable())?;
+        if let Err(e) = self.bus.unsubscribe(user) {
+            log::warn!("unsubscribe {user}: {e}");
+        }
+        let late = self.registry.take_inbox(user);
+        if self.store_for(user, late).is_err() {
             // Keep the entry: its leftovers are stored by whoever next holds the lock.
-            return Err(crate::store::StoreError::Unavailable("cannot store undelivered messages".into()));
+            return Err(unavailable());
         }
-        if self.registry.disconnect(user, conn) {
-            self.bus.unsubscribe(user);
-            self.store.set_online(&[user], false)?;
-        }
-        Ok(())
+        self.registry.disconnect(user, conn);
+        self.store.set_online(&[user], false)
     }
 
     /// A connection ended: as LOGINOUT for its user, and its unwritten messages (for

@@ -29,6 +29,8 @@ pub struct ConnState {
     pub in_flight: u32,
     /// A fatal frame error was answered; further input is discarded.
     pub failed: bool,
+    /// The user's mailbox is being pumped: ask for the next batch once output drains.
+    pub want_pump: bool,
     pub bucket: TokenBucket,
     /// Unsent output past which the connection is cut off as a slow reader.
     max_outbuf: usize,
@@ -42,6 +44,7 @@ impl ConnState {
             user: None,
             in_flight: 0,
             failed: false,
+            want_pump: false,
             bucket: TokenBucket::new(rate),
             max_outbuf,
             handed: VecDeque::new(),

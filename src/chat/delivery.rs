@@ -10,29 +10,41 @@
 //!    and ring the doorbell.
 //!
 //! A message is acknowledged to its sender only after one of these succeeded.
+//!
+//! A mailbox too large for one LOGIN_ACK is pumped: the registry marks the user
+//! backlogged (new mail is stored behind the backlog, never overtakes it), and batches
+//! go out as pushes whenever the connection has written the previous one (the loop's
+//! write-complete callback, or its tick, dispatches the next `pump`). Rows leave the
+//! mailbox only once handed to the connection.
 
 use std::sync::Arc;
 
 use super::conn_state::send_tracked;
+use crate::net::ConnRef;
 use super::hub::{unavailable, Hub};
 use super::registry::Route;
 use crate::proto::msg::Fail;
 use crate::store::UserId;
 
+/// Mailbox rows per pumped batch (a message is at most ~16 KB).
+pub const PUMP_BATCH: usize = 64;
+
 impl Hub {
     /// Delivers `push` (a push object's JSON text) to `to`.
     pub fn deliver(&self, to: UserId, push: Arc<str>) -> Result<(), Fail> {
         let _lock = self.registry.lock(to);
-        if let Route::Local(conn) = self.registry.route(to) {
-            if self.push_live(conn, to, Arc::clone(&push)) {
-                return Ok(());
+        match self.registry.route(to) {
+            Route::Local(conn) => {
+                if self.hand_over(conn, to, vec![Arc::clone(&push)], false).is_some() {
+                    return Ok(());
+                }
             }
-        } else {
-            match self.bus.publish(to, &push) {
+            Route::Queued => return self.store_for(to, vec![push]),
+            Route::NotHere => match self.bus.publish(to, &push) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => log::warn!("{e}; storing the message for {to}"),
-            }
+            },
         }
         self.store_for(to, vec![push])?;
         if let Err(e) = self.bus.ring(to) {
@@ -41,16 +53,98 @@ impl Hub {
         Ok(())
     }
 
-    /// Queues `push` on `conn` if it still holds `to`; true once the loop took it.
-    fn push_live(&self, conn: crate::net::ConnRef, to: UserId, push: Arc<str>) -> bool {
+    /// Writes pushes to `conn` if it still holds `to`. `None` when it does not; else
+    /// whether the socket took them all at once. When `pumping` and it did not, the
+    /// connection asks for the next pump once it has written them.
+    pub fn hand_over(&self, conn: ConnRef, to: UserId, msgs: Vec<Arc<str>>, pumping: bool) -> Option<bool> {
         self.run_on_conn(conn, move |c| {
             if c.ctx.user != Some(to) {
-                return false;
+                return None;
             }
-            let body = Arc::clone(&push);
-            send_tracked(c, body.as_bytes(), to, vec![push]);
-            true
+            for m in msgs {
+                let body = Arc::clone(&m);
+                send_tracked(c, body.as_bytes(), to, vec![m]);
+            }
+            let caught_up = c.unsent() == 0;
+            c.ctx.want_pump |= pumping && !caught_up;
+            Some(caught_up)
         })
+    }
+
+    /// Hands `user`'s mailbox to `conn`, a batch at a time, while the socket keeps up;
+    /// clears the backlog once the mailbox is empty.
+    pub fn pump(&self, conn: ConnRef, user: UserId) {
+        loop {
+            let _lock = self.registry.lock(user);
+            if !self.registry.holds(user, conn) {
+                return;
+            }
+            let rows = match self.store.peek_offline(user, PUMP_BATCH) {
+                Ok(rows) => rows,
+                Err(e) => {
+                    log::warn!("mailbox of {user}: {e}; retrying");
+                    self.loops.run(conn, |c| {
+                        if let Some(c) = c {
+                            c.ctx.want_pump = true;
+                        }
+                    });
+                    return;
+                }
+            };
+            if rows.is_empty() {
+                self.registry.set_backlog(user, conn, false);
+                return;
+            }
+            let (ids, msgs): (Vec<i64>, Vec<Arc<str>>) = rows.into_iter().map(|(id, m)| (id, Arc::from(m))).unzip();
+            let Some(caught_up) = self.hand_over(conn, user, msgs, true) else { return };
+            if let Err(e) = self.store.remove_offline(user, &ids) {
+                log::error!("mailbox of {user}: {e}; {} handed messages may come again", ids.len());
+            }
+            if !caught_up {
+                return; // the connection's write-complete callback asks for more
+            }
+        }
+    }
+
+    /// Hands the pushes other servers sent `user` to their connection, in order.
+    pub fn flush_inbox(&self, user: UserId) {
+        let _lock = self.registry.lock(user);
+        let msgs = self.registry.take_inbox(user);
+        if msgs.is_empty() {
+            return;
+        }
+        if let Route::Local(conn) = self.registry.route(user) {
+            if self.hand_over(conn, user, msgs.clone(), false).is_some() {
+                return;
+            }
+        }
+        if let Err(f) = self.store_for(user, msgs) {
+            log::error!("{} pushes from other servers for {user} are lost: {}", f.errmsg, user);
+        }
+    }
+
+    /// A push from another server for a user with no entry here any more.
+    pub fn store_remote(&self, user: UserId, push: Arc<str>) {
+        let _lock = self.registry.lock(user);
+        match self.store_for(user, vec![push]) {
+            Ok(()) => {
+                if let Err(e) = self.bus.ring(user) {
+                    log::warn!("{e}; doorbell for {user} not rung");
+                }
+            }
+            Err(f) => log::error!("a push from another server for {user} is lost: {}", f.errmsg),
+        }
+    }
+
+    /// `user`'s mailbox has mail (or doorbells may have been missed): pump it to them
+    /// if they are here.
+    pub fn doorbell(&self, user: UserId) {
+        let Some(conn) = self.registry.conn_of(user) else { return };
+        {
+            let _lock = self.registry.lock(user);
+            self.registry.set_backlog(user, conn, true);
+        }
+        self.pump(conn, user);
     }
 
     /// Stores `msgs` in `to`'s mailbox behind anything a closed connection of `to` left

@@ -68,6 +68,15 @@ impl Frontend {
         }
     }
 
+    /// Asks a worker for the next batch of a backlogged mailbox once output has drained.
+    fn resume_pump(&self, conn: &mut Connection<ConnState>) {
+        if conn.ctx.want_pump && conn.unsent() == 0 {
+            conn.ctx.want_pump = false;
+            let id = conn.id();
+            self.workers.dispatch(id.hash_key(), Job::Pump(id));
+        }
+    }
+
     fn on_frame(&self, conn: &mut Connection<ConnState>, parsed: Result<Request, ParseError>) {
         let allowed = conn.ctx.bucket.allow(Instant::now());
         match parsed {
@@ -146,7 +155,13 @@ impl Handler for Frontend {
         }
     }
 
+    fn on_write_complete(&self, conn: &mut Connection<ConnState>) {
+        self.resume_pump(conn);
+    }
+
     fn on_tick(&self, conn: &mut Connection<ConnState>, now: Instant) {
+        // Also retries a pump that failed on a storage error.
+        self.resume_pump(conn);
         let expired = |since: Instant, limit: Option<Duration>| limit.is_some_and(|l| now.duration_since(since) > l);
         if conn.ctx.user.is_none() && conn.ctx.in_flight == 0 && expired(conn.created(), self.limits.login_timeout) {
             log::debug!("{}: no login in time, closing", conn.peer());

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crossbeam_channel::bounded;
 
 use super::conn_state::{send_frame, ConnState};
+use super::login_guard::LoginGuard;
 use super::registry::Registry;
 use crate::bus::Bus;
 use crate::net::{ConnRef, Connection, LoopPool};
@@ -18,8 +19,9 @@ use crate::store::{Store, StoreError};
 pub struct Hub {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
-    pub registry: Registry,
+    pub registry: Arc<Registry>,
     pub loops: LoopPool<ConnState>,
+    pub login_guard: LoginGuard,
 }
 
 impl Hub {
@@ -36,19 +38,18 @@ impl Hub {
         });
     }
 
-    /// Runs `f` on `conn`'s loop and waits for it. `f` returns whether it could act;
-    /// false, or a loop that has stopped, means the connection is gone.
-    pub fn run_on_conn(
+    /// Runs `f` on `conn`'s loop and waits for its answer; `None` when the connection
+    /// is gone (or `f` says so), or the loop has stopped.
+    pub fn run_on_conn<T: Send + 'static>(
         &self,
         conn: ConnRef,
-        f: impl FnOnce(&mut Connection<ConnState>) -> bool + Send + 'static,
-    ) -> bool {
+        f: impl FnOnce(&mut Connection<ConnState>) -> Option<T> + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = bounded(1);
         self.loops.run(conn, move |c| {
-            let done = c.map(f).unwrap_or(false);
-            let _ = tx.send(done);
+            let _ = tx.send(c.and_then(f));
         });
-        rx.recv().unwrap_or(false)
+        rx.recv().ok().flatten()
     }
 }
 

@@ -21,7 +21,10 @@ use crate::store::UserId;
 const STRIPES: usize = 1024;
 
 enum Entry {
-    Online(ConnRef),
+    /// `backlog`: the user's mailbox is being pumped to the connection; new mail joins
+    /// the mailbox behind it instead of overtaking it live. `inbox`: pushes from other
+    /// servers, in arrival order, waiting for a worker to hand them over.
+    Online { conn: ConnRef, backlog: bool, inbox: Vec<Arc<str>> },
     /// The connection closed; these pushes to the user were never written.
     Leaving(ConnRef, Vec<Arc<str>>),
 }
@@ -35,6 +38,8 @@ pub struct Registry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Local(ConnRef),
+    /// Held here, but the mailbox is still being pumped to it: store, the pump follows.
+    Queued,
     /// Not held by a live connection here.
     NotHere,
 }
@@ -58,24 +63,39 @@ impl Registry {
 
     pub fn route(&self, user: UserId) -> Route {
         match self.users().get(&user) {
-            Some(Entry::Online(conn)) => Route::Local(*conn),
+            Some(Entry::Online { conn, backlog: false, .. }) => Route::Local(*conn),
+            Some(Entry::Online { backlog: true, .. }) => Route::Queued,
             _ => Route::NotHere,
         }
     }
 
     /// Whether a live local connection holds `user`.
     pub fn is_online(&self, user: UserId) -> bool {
-        matches!(self.route(user), Route::Local(_))
+        matches!(self.users().get(&user), Some(Entry::Online { .. }))
+    }
+
+    /// Whether `conn` is the live connection holding `user`.
+    pub fn holds(&self, user: UserId, conn: ConnRef) -> bool {
+        matches!(self.users().get(&user), Some(Entry::Online { conn: c, .. }) if *c == conn)
+    }
+
+    /// Marks whether `user`'s mailbox is being pumped to `conn`. Hold the lock.
+    pub fn set_backlog(&self, user: UserId, conn: ConnRef, on: bool) {
+        if let Some(Entry::Online { conn: c, backlog, .. }) = self.users().get_mut(&user) {
+            if *c == conn {
+                *backlog = on;
+            }
+        }
     }
 
     /// Makes `conn` hold `user`, unless another live connection does (`Err` with it).
     /// Hold the user's lock and store `take_leftovers` first.
     pub fn connect(&self, user: UserId, conn: ConnRef) -> Result<(), ConnRef> {
         let mut users = self.users();
-        if let Some(Entry::Online(other)) = users.get(&user) {
+        if let Some(Entry::Online { conn: other, .. }) = users.get(&user) {
             return Err(*other);
         }
-        users.insert(user, Entry::Online(conn));
+        users.insert(user, Entry::Online { conn, backlog: false, inbox: Vec::new() });
         Ok(())
     }
 
@@ -95,23 +115,68 @@ impl Registry {
         }
     }
 
-    /// Loop thread, as `conn` closes: keeps its unsent pushes for `user` in the entry.
-    /// Returns them back if `conn` no longer holds `user`.
-    pub fn mark_leaving(&self, user: UserId, conn: ConnRef, unsent: Vec<Arc<str>>) -> Vec<Arc<str>> {
+    /// Loop thread, as `conn` closes: keeps its unsent pushes for `user` in the entry,
+    /// followed by remote pushes not yet handed over. Returns them back if `conn` no
+    /// longer holds `user`.
+    pub fn mark_leaving(&self, user: UserId, conn: ConnRef, mut unsent: Vec<Arc<str>>) -> Vec<Arc<str>> {
         let mut users = self.users();
-        if matches!(users.get(&user), Some(Entry::Online(c)) if *c == conn) {
-            users.insert(user, Entry::Leaving(conn, unsent));
-            Vec::new()
-        } else {
-            unsent
+        match users.remove(&user) {
+            Some(Entry::Online { conn: c, mut inbox, .. }) if c == conn => {
+                unsent.append(&mut inbox);
+                users.insert(user, Entry::Leaving(conn, unsent));
+                Vec::new()
+            }
+            Some(other) => {
+                users.insert(user, other);
+                unsent
+            }
+            None => unsent,
         }
     }
 
-    /// Removes `user`'s entry if `conn` holds it (live or leaving); true if it did.
+    /// Bus thread: a push from another server for `user`. Queued on the entry; true when
+    /// the queue was empty, so the caller must have a worker hand it over. `Err` gives
+    /// it back when no entry holds `user` (the caller stores it).
+    pub fn incoming(&self, user: UserId, push: Arc<str>) -> Result<bool, Arc<str>> {
+        match self.users().get_mut(&user) {
+            Some(Entry::Online { inbox, .. }) => {
+                inbox.push(push);
+                Ok(inbox.len() == 1)
+            }
+            Some(Entry::Leaving(_, unsent)) => {
+                unsent.push(push);
+                Ok(false)
+            }
+            None => Err(push),
+        }
+    }
+
+    /// Takes the remote pushes waiting for `user`. Hold the lock.
+    pub fn take_inbox(&self, user: UserId) -> Vec<Arc<str>> {
+        match self.users().get_mut(&user) {
+            Some(Entry::Online { inbox, .. }) => std::mem::take(inbox),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The connection holding `user`, if a live one does.
+    pub fn conn_of(&self, user: UserId) -> Option<ConnRef> {
+        match self.users().get(&user) {
+            Some(Entry::Online { conn, .. }) => Some(*conn),
+            _ => None,
+        }
+    }
+
+    /// Whether `user`'s entry, live or leaving, belongs to `conn`.
+    pub fn is_entry_of(&self, user: UserId, conn: ConnRef) -> bool {
+        matches!(self.users().get(&user), Some(Entry::Online { conn: c, .. }) | Some(Entry::Leaving(c, _)) if *c == conn)
+    }
+
+    /// Removes `user`'s entry if it belongs to `conn`; true if it did.
     /// Hold the lock and store `take_leftovers` first.
     pub fn disconnect(&self, user: UserId, conn: ConnRef) -> bool {
         let mut users = self.users();
-        let held = matches!(users.get(&user), Some(Entry::Online(c)) | Some(Entry::Leaving(c, _)) if *c == conn);
+        let held = matches!(users.get(&user), Some(Entry::Online { conn: c, .. }) | Some(Entry::Leaving(c, _)) if *c == conn);
         if held {
             users.remove(&user);
         }

@@ -19,6 +19,14 @@ pub enum Job {
     /// A reply made on the loop while earlier requests were in flight: passed back so
     /// it follows their replies. `true` closes the connection after it.
     Reply(ConnRef, Vec<u8>, bool),
+    /// The connection wrote what it was handed of its user's backlogged mailbox.
+    Pump(ConnRef),
+    /// Pushes from other servers are queued on this user's registry entry.
+    Inbox(UserId),
+    /// A push from another server for a user no longer here: store it.
+    Store(UserId, Arc<str>),
+    /// This user's mailbox has mail: pump it if the user is here.
+    Doorbell(UserId),
     /// The connection closed; with the messages it was handed and never wrote.
     Closed(ConnRef, Vec<(UserId, Arc<str>)>),
 }
@@ -40,6 +48,14 @@ impl Worker {
                 dispatch::handle(&self.hub, session, conn, &req);
             }
             Job::Reply(conn, body, close) => self.hub.reply(conn, body, close),
+            Job::Pump(conn) => {
+                if let Some((user, _)) = self.sessions.get(&conn).and_then(|s| s.user.as_ref()) {
+                    self.hub.pump(conn, *user);
+                }
+            }
+            Job::Inbox(user) => self.hub.flush_inbox(user),
+            Job::Store(user, push) => self.hub.store_remote(user, push),
+            Job::Doorbell(user) => self.hub.doorbell(user),
             Job::Closed(conn, unsent) => {
                 let user = self.sessions.remove(&conn).and_then(|s| s.user).map(|(id, _)| id);
                 self.hub.connection_closed(conn, user, unsent);

@@ -13,10 +13,33 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 pub struct WorkerPool<J> {
-    queues: Vec<Sender<J>>,
+    dispatcher: Dispatcher<J>,
     threads: Vec<JoinHandle<()>>,
+}
+
+/// Queues jobs on the pool's workers; cloneable, for threads other than the loops.
+pub struct Dispatcher<J> {
+    queues: Arc<[Sender<J>]>,
     /// Jobs dispatched and not finished.
     busy: Arc<AtomicUsize>,
+}
+
+impl<J> Clone for Dispatcher<J> {
+    fn clone(&self) -> Self {
+        Dispatcher { queues: Arc::clone(&self.queues), busy: Arc::clone(&self.busy) }
+    }
+}
+
+impl<J> Dispatcher<J> {
+    /// Queues `job` on the worker that `key` picks.
+    pub fn dispatch(&self, key: u64, job: J) {
+        let i = (key % self.queues.len() as u64) as usize;
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        if self.queues[i].send(job).is_err() {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            log::error!("worker {i} has stopped; a job was dropped");
+        }
+    }
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
@@ -41,23 +64,22 @@ impl<J: Send + 'static> WorkerPool<J> {
             })?);
             queues.push(tx);
         }
-        Ok(WorkerPool { queues, threads, busy })
+        Ok(WorkerPool { dispatcher: Dispatcher { queues: queues.into(), busy }, threads })
     }
 
     /// Queues `job` on the worker that `key` picks.
     pub fn dispatch(&self, key: u64, job: J) {
-        let i = (key % self.queues.len() as u64) as usize;
-        self.busy.fetch_add(1, Ordering::AcqRel);
-        if self.queues[i].send(job).is_err() {
-            self.busy.fetch_sub(1, Ordering::AcqRel);
-            log::error!("worker {i} has stopped; a job was dropped");
-        }
+        self.dispatcher.dispatch(key, job);
+    }
+
+    pub fn dispatcher(&self) -> Dispatcher<J> {
+        self.dispatcher.clone()
     }
 
     /// Waits until no job is queued or running, or until `timeout`; true if idle.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        while self.busy.load(Ordering::Acquire) > 0 {
+        while self.dispatcher.busy.load(Ordering::Acquire) > 0 {
             if Instant::now() >= deadline {
                 return false;
             }
@@ -67,8 +89,9 @@ impl<J: Send + 'static> WorkerPool<J> {
     }
 
     /// Lets the workers finish their queues, then joins them.
+    /// Dispatchers cloned elsewhere must be dropped first, or this waits for them.
     pub fn stop(self) {
-        drop(self.queues);
+        drop(self.dispatcher);
         for t in self.threads {
             if t.join().is_err() {
                 log::error!("a worker panicked");

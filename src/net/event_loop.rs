@@ -160,8 +160,11 @@ impl<H: Handler> EventLoop<H> {
 
     fn handle_io(&mut self, handler: &H, key: usize, readable: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        if writable {
+        if writable && conn.unsent() > 0 {
             conn.flush();
+            if conn.unsent() == 0 && conn.is_open() {
+                handler.on_write_complete(conn);
+            }
         }
         if readable && conn.is_reading() {
             let mut reads = 0;

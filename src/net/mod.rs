@@ -38,6 +38,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Bytes arrived in `conn.input`; consume what was handled.
     fn on_message(&self, conn: &mut Connection<Self::Context>);
 
+    /// The output queued on `conn` has all been written to its socket (muduo's write
+    /// complete callback): a good moment to queue more. Not called when `send` wrote
+    /// everything at once.
+    fn on_write_complete(&self, _conn: &mut Connection<Self::Context>) {}
+
     /// Called about once a second for every connection, for timeouts.
     fn on_tick(&self, _conn: &mut Connection<Self::Context>, _now: Instant) {}
 }

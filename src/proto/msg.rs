@@ -103,16 +103,37 @@ pub enum ParseError {
 
 impl Request {
     /// Parses one frame's bytes.
+    ///
+    /// Valid JSON that serde_json cannot represent — a lone surrogate escape, a number
+    /// beyond f64 (`1e400`) — is repaired (the escape becomes U+FFFD, the number
+    /// `null`) and the request marked `lossy`: a mistyped field, not a broken stream.
     pub fn parse(bytes: &[u8]) -> Result<Request, ParseError> {
-        let (value, lossy) = match serde_json::from_slice::<Value>(bytes) {
-            Ok(v) => (v, false),
-            Err(e) if e.is_syntax() && mentions_bad_escape(&e) => {
-                match serde_json::from_slice::<Value>(&replace_lone_surrogates(bytes)) {
-                    Ok(v) => (v, true),
-                    Err(e) => return Err(ParseError::NotJson(e.to_string())),
+        let mut repaired: Option<Vec<u8>> = None;
+        let mut lossy = false;
+        let value = loop {
+            let input = repaired.as_deref().unwrap_or(bytes);
+            let err = match serde_json::from_slice::<Value>(input) {
+                Ok(v) => break v,
+                Err(e) => e,
+            };
+            let text = err.to_string();
+            let fixed = if text.starts_with("number out of range") {
+                null_out_number(input, err.line(), err.column())
+            } else if !lossy
+                && (text.contains("surrogate") || text.contains("code point") || text.contains("hex escape"))
+            {
+                Some(replace_lone_surrogates(input))
+            } else {
+                None
+            };
+            match fixed {
+                // Each repair removes one problem, so this ends; the bound is a backstop.
+                Some(f) if f != input && f.len() <= input.len() + 8 => {
+                    repaired = Some(f);
+                    lossy = true;
                 }
+                _ => return Err(ParseError::NotJson(text)),
             }
-            Err(e) => return Err(ParseError::NotJson(e.to_string())),
         };
         let Value::Object(body) = value else {
             return Err(ParseError::NotJson("expected a JSON object".into()));
@@ -218,9 +239,32 @@ pub fn error_frame(errno: i64, errmsg: &str, reqid: Option<&Value>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
 }
 
-fn mentions_bad_escape(e: &serde_json::Error) -> bool {
-    let text = e.to_string();
-    text.contains("surrogate") || text.contains("code point") || text.contains("hex escape")
+/// Replaces the number token serde_json stopped at (1-based line and byte column) with
+/// `null`; `None` if no number is there.
+fn null_out_number(input: &[u8], line: usize, column: usize) -> Option<Vec<u8>> {
+    let line_start = if line <= 1 {
+        0
+    } else {
+        input.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(line - 2).map(|(i, _)| i + 1)?
+    };
+    let at = (line_start + column.max(1) - 1).min(input.len().checked_sub(1)?);
+    let is_num = |b: u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
+    let mut end = at;
+    while end < input.len() && is_num(input[end]) {
+        end += 1;
+    }
+    let mut start = at.min(end);
+    while start > 0 && is_num(input[start - 1]) {
+        start -= 1;
+    }
+    if start == end {
+        return None;
+    }
+    let mut out = Vec::with_capacity(input.len());
+    out.extend_from_slice(&input[..start]);
+    out.extend_from_slice(b"null");
+    out.extend_from_slice(&input[end..]);
+    Some(out)
 }
 
 /// Replaces `\uXXXX` escapes of unpaired surrogates inside strings with `\ufffd`.
@@ -312,6 +356,16 @@ mod tests {
         let r = Request::parse(br#"{"msgid":6,"msg":"\ud83d\ude00 \\ud800"}"#).map_err(|e| format!("{e:?}"));
         let r = r.as_ref().map(|r| (r.lossy, r.string("msg", 1, 10).map(str::to_owned)));
         assert_eq!(r.ok(), Some((false, Ok("😀 \\ud800".to_owned()))));
+    }
+
+    #[test]
+    fn numbers_beyond_f64_are_mistyped_fields() {
+        for text in [r#"{"msgid":6,"toid":1e400,"msg":"x"}"#, "{\n\"msgid\": 6,\n \"toid\": -1e400, \"id\": 1E999}"] {
+            let r = Request::parse(text.as_bytes()).map(|r| (r.msgid, r.lossy, r.int("toid").is_err()));
+            assert_eq!(r, Ok((6, true, true)), "{text}");
+        }
+        assert!(matches!(Request::parse(br#"{"msgid":1e400}"#), Err(ParseError::NoRequest { .. })));
+        assert!(matches!(Request::parse(br#"{"msgid":16,"x":1e400"#), Err(ParseError::NotJson(_))));
     }
 
     #[test]

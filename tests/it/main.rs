@@ -5,7 +5,9 @@ mod support;
 
 mod client;
 mod framing;
+mod hardening;
 mod lifecycle;
+mod mysql;
 mod protocol;
 mod ring;
 mod store;

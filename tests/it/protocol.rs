@@ -458,3 +458,35 @@ fn hostile_strings_round_trip_byte_for_byte() {
     assert_eq!(g[0]["groupname"], gname.as_str());
     assert_eq!(g[0]["groupdesc"], tricky[5]);
 }
+
+#[test]
+fn a_large_mailbox_comes_as_login_ack_then_pushes_in_order() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut a = User::new(&s, "bulk");
+    let mut c = Client::connect(s.addr);
+    let b = c.register(&unique("inbox"), "pw");
+    let mut frames = Vec::new();
+    for i in 0..450 {
+        frames.extend(serde_json::to_vec(&json!({"msgid": 6, "toid": b, "msg": format!("m{i}")})).unwrap_or_default());
+        frames.push(b'\n');
+    }
+    a.c.send_raw(&frames);
+    for _ in 0..450 {
+        assert_eq!(ack(&a.c.reply(), 6), 0);
+    }
+    let r = c.login(b, "pw");
+    let mut got: Vec<String> =
+        strings(&r["offlinemsg"]).iter().map(|m| m["msg"].as_str().unwrap_or("").to_owned()).collect();
+    assert_eq!(got.len(), 200, "the oldest page comes in LOGIN_ACK");
+    // Sent while the rest is being pumped: it must not overtake the backlog.
+    assert_eq!(ack(&a.c.call(json!({"msgid": 6, "toid": b, "msg": "late"})), 6), 0);
+    while got.len() < 451 {
+        got.push(c.push()["msg"].as_str().unwrap_or("").to_owned());
+    }
+    let expect: Vec<String> = (0..450).map(|i| format!("m{i}")).chain(["late".to_owned()]).collect();
+    assert_eq!(got, expect);
+    c.expect_silence(Duration::from_millis(200));
+    // Handed over means gone from the mailbox.
+    c.call(json!({"msgid": 3}));
+    assert!(c.login(b, "pw").get("offlinemsg").is_none());
+}
