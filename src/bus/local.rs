@@ -21,7 +21,13 @@ impl Bus for LocalBus {
         Ok(())
     }
 
-    fn unsubscribe(&self, _user: UserId) {}
+    fn unsubscribe(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
+
+    fn release(&self, _user: UserId) -> Result<(), BusError> {
+        Ok(())
+    }
 
     fn online_elsewhere(&self, _user: UserId) -> Result<bool, BusError> {
         Ok(false)

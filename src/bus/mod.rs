@@ -5,13 +5,18 @@
 //! nobody holds the user, the sender stores it in the mailbox and rings the doorbell,
 //! so a server that does hold the user drains the mailbox to them.
 //!
-//! Methods are called from worker threads and may block briefly.
+//! Methods are called from worker threads and may block briefly. What arrives for this
+//! server's users is handed to the [`Inbox`] given at construction, on the bus's own
+//! thread; the inbox must not block.
 
 mod local;
+mod redis;
 
 pub use local::LocalBus;
+pub use redis::RedisBus;
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::store::UserId;
 
@@ -30,21 +35,38 @@ impl std::error::Error for BusError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     /// A push to write to the user's connection.
-    Push(UserId, String),
+    Push(UserId, Arc<str>),
     /// The user's mailbox has mail: drain it to them.
     Doorbell(UserId),
+}
+
+/// Receives what the bus brings in. Called on the bus's thread: must not block.
+pub trait Inbox: Send + Sync {
+    fn incoming(&self, msg: Incoming);
+    /// The bus reconnected and resubscribed these users; doorbells rung meanwhile were
+    /// lost, so their mailboxes should be drained.
+    fn resubscribed(&self, users: Vec<UserId>);
 }
 
 pub trait Bus: Send + Sync {
     /// Hands a push for `user` to the server that holds them. `Ok(false)` when no
     /// server does: the caller stores it.
     fn publish(&self, user: UserId, push: &str) -> Result<bool, BusError>;
+    /// `publish` for many recipients in one round trip; one answer per message.
+    fn publish_many(&self, msgs: &[(UserId, Arc<str>)]) -> Result<Vec<bool>, BusError> {
+        msgs.iter().map(|(u, m)| self.publish(*u, m)).collect()
+    }
     /// Tells whichever server holds `user` that their mailbox has mail.
     fn ring(&self, user: UserId) -> Result<(), BusError>;
     /// Starts receiving `user`'s channel; returns once the subscription is confirmed.
     fn subscribe(&self, user: UserId) -> Result<(), BusError>;
-    /// Stops receiving `user`'s channel.
-    fn unsubscribe(&self, user: UserId);
-    /// Whether another server holds a live session of `user`.
+    /// Stops receiving `user`'s channel; returns once confirmed, so nothing for `user`
+    /// arrives after it returns (what arrived before was handed to the inbox).
+    fn unsubscribe(&self, user: UserId) -> Result<(), BusError>;
+    /// Gives up `user`'s presence, once everything that arrived for them before
+    /// `unsubscribe` is stored: only then may another server log them in.
+    fn release(&self, user: UserId) -> Result<(), BusError>;
+    /// Whether another server holds `user`: a live session, or one whose last messages
+    /// it is still storing.
     fn online_elsewhere(&self, user: UserId) -> Result<bool, BusError>;
 }

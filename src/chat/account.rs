@@ -71,6 +71,7 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     let undo = |fail: Fail| {
         hub.registry.disconnect(id, conn);
         let _ = hub.bus.unsubscribe(id);
+        let _ = hub.bus.release(id);
         fail
     };
     hub.bus.subscribe(id).map_err(|e| undo(Fail::new(errno::UNAVAILABLE, e.to_string())))?;
@@ -103,6 +104,7 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
         // The connection went away while we logged it in: nothing was handed over.
         hub.registry.disconnect(id, conn);
         let _ = hub.bus.unsubscribe(id);
+        let _ = hub.bus.release(id);
         let _ = hub.store.set_online(&[id], false);
         return Ok(Outcome::Sent);
     };
@@ -154,6 +156,9 @@ impl Hub {
             return Err(unavailable());
         }
         self.registry.disconnect(user, conn);
+        if let Err(e) = self.bus.release(user) {
+            log::warn!("release {user}: {e}");
+        }
         self.store.set_online(&[user], false)
     }
 

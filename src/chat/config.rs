@@ -14,9 +14,18 @@ pub struct Config {
     /// Port to listen on (0 picks a free one).
     #[arg(default_value_t = 6000)]
     pub port: u16,
-    /// Database: sqlite://PATH (embedded, the default) or a bare path.
+    /// Database: sqlite://PATH (embedded, the default), a bare path, or
+    /// mysql://USER:PASS@HOST:PORT/DB (MariaDB or MySQL, shared by a cluster; the tables
+    /// are created when missing).
     #[arg(long, env = "CHAT_DB", default_value = "sqlite://chat.db")]
     pub db: String,
+    /// Redis that joins this server to a cluster: redis://HOST:PORT. Without it the
+    /// server is alone: users elsewhere are unreachable, so everything not local is stored.
+    #[arg(long, env = "CHAT_REDIS")]
+    pub redis: Option<String>,
+    /// Database connections open at most (mysql://) [default: workers + 2].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    pub db_pool: Option<u16>,
     /// Event-loop threads [default: one per core].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
@@ -50,6 +59,21 @@ impl Config {
 
     pub fn workers(&self) -> usize {
         self.workers.map(usize::from).unwrap_or_else(|| (4 * cores()).max(8))
+    }
+
+    /// A worker holds at most one connection at a time, so with workers + 2 no worker
+    /// waits for one, and shutdown's final stores find one free.
+    pub fn db_pool(&self) -> usize {
+        self.db_pool.map(usize::from).unwrap_or_else(|| self.workers() + 2)
+    }
+
+    /// Whether this server may mark every user of its database offline when it starts,
+    /// because it is the only server on that database: nobody can be online before it
+    /// serves, and marks left by a crash are stale. Not in a cluster (`--redis`): there
+    /// servers share one MySQL database, and a starting server would mark the users of
+    /// the servers already running offline.
+    pub fn sole_server_on_db(&self) -> bool {
+        self.redis.is_none()
     }
 }
 

@@ -18,6 +18,7 @@
 //! mailbox only once handed to the connection.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::conn_state::send_tracked;
 use crate::net::ConnRef;
@@ -25,6 +26,10 @@ use super::hub::{unavailable, Hub};
 use super::registry::Route;
 use crate::proto::msg::Fail;
 use crate::store::UserId;
+
+/// How long a sender waits for another server to finish storing a user's last
+/// messages before storing its own behind them.
+const PRESENCE_WAIT: Duration = Duration::from_secs(2);
 
 /// Mailbox rows per pumped batch (a message is at most ~16 KB).
 pub const PUMP_BATCH: usize = 64;
@@ -40,17 +45,38 @@ impl Hub {
                 }
             }
             Route::Queued => return self.store_for(to, vec![push]),
-            Route::NotHere => match self.bus.publish(to, &push) {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(e) => log::warn!("{e}; storing the message for {to}"),
-            },
+            Route::NotHere => {
+                if self.publish(to, &push) {
+                    return Ok(());
+                }
+            }
         }
         self.store_for(to, vec![push])?;
         if let Err(e) = self.bus.ring(to) {
             log::warn!("{e}; doorbell for {to} not rung");
         }
         Ok(())
+    }
+
+    /// Publishes `push` for `to`; true when a server took it. When none did but one
+    /// still holds `to`'s presence (it is storing what reached it, or logging `to` in),
+    /// tries again: storing now could put this message ahead of those.
+    fn publish(&self, to: UserId, push: &str) -> bool {
+        let deadline = Instant::now() + PRESENCE_WAIT;
+        loop {
+            match self.bus.publish(to, push) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(e) => {
+                    log::warn!("{e}; storing the message for {to}");
+                    return false;
+                }
+            }
+            if Instant::now() >= deadline || !self.bus.online_elsewhere(to).unwrap_or(false) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Writes pushes to `conn` if it still holds `to`. `None` when it does not; else

@@ -16,7 +16,8 @@ use super::hub::Hub;
 use super::registry::Registry;
 use super::worker::Worker;
 use super::worker_pool::WorkerPool;
-use crate::bus::{Bus, LocalBus};
+use super::remote::RemoteInbox;
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::net::{ServerOptions, ShutdownHandle, TcpServer};
 use crate::store::{self, Store};
 
@@ -27,6 +28,7 @@ const DRAIN: Duration = Duration::from_secs(2);
 pub enum Error {
     Io(String, std::io::Error),
     Store(store::StoreError),
+    Bus(crate::bus::BusError),
 }
 
 impl std::fmt::Display for Error {
@@ -34,6 +36,7 @@ impl std::fmt::Display for Error {
         match self {
             Error::Io(what, e) => write!(f, "{what}: {e}"),
             Error::Store(e) => write!(f, "database: {e}"),
+            Error::Bus(e) => write!(f, "redis: {e}"),
         }
     }
 }
@@ -44,6 +47,7 @@ pub struct ChatServer {
     tcp: TcpServer<Frontend>,
     frontend: Arc<Frontend>,
     store: Arc<dyn Store>,
+    inbox: Arc<RemoteInbox>,
 }
 
 impl ChatServer {
@@ -56,18 +60,36 @@ impl ChatServer {
 
     /// Builds the service on a bound listener.
     pub fn new(config: &Config, listener: TcpListener) -> Result<ChatServer, Error> {
-        let store = store::open(&config.db).map_err(Error::Store)?;
-        // A single server owns its database: nobody is online before it starts.
-        store.set_all_offline().map_err(Error::Store)?;
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus);
+        let store = store::open_with_pool(&config.db, config.db_pool()).map_err(Error::Store)?;
+        // A single server owns its database: nobody is online before it starts, and
+        // "online" marks a crash left behind are stale. Not so when servers share one
+        // MySQL database (a cluster): a starting server must not mark the users of the
+        // servers already running offline, so it leaves the marks alone
+        // (`Config::sole_server_on_db`, which cluster mode turns off).
+        if config.sole_server_on_db() {
+            store.set_all_offline().map_err(Error::Store)?;
+        }
+        let registry = Arc::new(Registry::default());
+        let inbox = Arc::new(RemoteInbox::new(Arc::clone(&registry)));
+        let bus: Arc<dyn Bus> = match &config.redis {
+            Some(url) => Arc::new(RedisBus::connect(url, Arc::clone(&inbox) as _).map_err(Error::Bus)?),
+            None => Arc::new(LocalBus),
+        };
         let opts = ServerOptions { threads: config.threads(), max_conns: config.max_conns, keepalive: true };
         let tcp = TcpServer::new(listener, &opts).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
-        let hub = Arc::new(Hub { store: Arc::clone(&store), bus, registry: Registry::default(), loops: tcp.pool() });
+        let hub = Arc::new(Hub {
+            store: Arc::clone(&store),
+            bus,
+            registry,
+            loops: tcp.pool(),
+            login_guard: Default::default(),
+        });
         let workers = WorkerPool::start(config.workers(), |_| {
             let mut worker = Worker::new(Arc::clone(&hub));
             move |job| worker.handle(job)
         })
         .map_err(|e| Error::Io("cannot start the workers".into(), e))?;
+        inbox.attach(Some(workers.dispatcher()));
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let limits = Limits {
             max_frame: config.max_frame as usize,
@@ -77,7 +99,7 @@ impl ChatServer {
             idle_timeout: secs(config.idle_timeout),
         };
         let frontend = Arc::new(Frontend::new(hub, workers, limits));
-        Ok(ChatServer { tcp, frontend, store })
+        Ok(ChatServer { tcp, frontend, store, inbox })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -90,7 +112,7 @@ impl ChatServer {
 
     /// Serves until the shutdown handle is raised, then shuts down gracefully.
     pub fn run(self) -> Result<(), Error> {
-        let ChatServer { tcp, frontend, store } = self;
+        let ChatServer { tcp, frontend, store, inbox } = self;
         log::info!("ChatServer listening on {}", tcp.local_addr());
         let mut running =
             tcp.start(Arc::clone(&frontend)).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
@@ -112,6 +134,7 @@ impl ChatServer {
                 log::warn!("cannot mark {} users offline: {e}", users.len());
             }
         }
+        inbox.attach(None);
         match Arc::try_unwrap(frontend) {
             Ok(frontend) => frontend.workers.stop(),
             Err(_) => log::warn!("workers left running at exit"),

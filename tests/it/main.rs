@@ -4,6 +4,7 @@
 mod support;
 
 mod client;
+mod cluster;
 mod framing;
 mod hardening;
 mod lifecycle;

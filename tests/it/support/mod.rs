@@ -2,8 +2,14 @@
 //! a line-level client that speaks the wire protocol over a real socket.
 //!
 //! Servers are stopped by PID when dropped (SIGKILL), or with `stop()` (SIGTERM).
+//!
+//! The store behind [`Server::start`] is chosen by `CHAT_TEST_STORE`: `sqlite` (the
+//! default, a file in a temp dir) or `mysql` (a fresh database on the private MariaDB of
+//! [`services`]), so the whole protocol suite runs against either backend.
 
 #![allow(dead_code)]
+
+pub mod services;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -54,23 +60,122 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// A running `ChatServer`.
+/// The store the suite runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Mysql,
+}
+
+/// The backend `CHAT_TEST_STORE` names: `sqlite` (default) or `mysql`.
+pub fn backend() -> Backend {
+    match std::env::var("CHAT_TEST_STORE").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => Backend::Sqlite,
+        Ok("mysql") => Backend::Mysql,
+        Ok(other) => panic!("CHAT_TEST_STORE={other}: expected sqlite or mysql"),
+    }
+}
+
+/// The URL of a fresh, empty database of the chosen backend, for tests that start
+/// several servers over the same data (e.g. a restart). It lives until the test process
+/// ends: a SQLite file under the process's temp dir, or a new database on the shared
+/// private MariaDB.
+pub fn fresh_db() -> String {
+    match backend() {
+        Backend::Sqlite => format!("sqlite://{}", services::scratch_dir("sqlite").join("chat.db").display()),
+        Backend::Mysql => services::MariaDb::shared().create_database(),
+    }
+}
+
+/// How `Server::start` deploys: `CHAT_TEST_TOPOLOGY` = `single` (default), `cluster`
+/// (two nodes on one MariaDB and one Redis; clients alternate between them, so
+/// conversations cross servers) or `nginx` (the same cluster behind nginx's stream
+/// module, every client through nginx).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    Single,
+    Cluster,
+    Nginx,
+}
+
+pub fn topology() -> Topology {
+    match std::env::var("CHAT_TEST_TOPOLOGY").as_deref() {
+        Err(_) | Ok("") | Ok("single") => Topology::Single,
+        Ok("cluster") => Topology::Cluster,
+        Ok("nginx") => Topology::Nginx,
+        Ok(other) => panic!("CHAT_TEST_TOPOLOGY={other}: expected single, cluster or nginx"),
+    }
+}
+
+/// A running `ChatServer` (in a cluster topology: its first node, with the others).
 pub struct Server {
     pub addr: SocketAddr,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     pub db: String,
     _dir: Option<TempDir>,
+    /// Further nodes of the cluster, and the balancer in front, if any.
+    pub nodes: Vec<Server>,
+    nginx: Option<services::Nginx>,
+    pub redis: Option<services::Redis>,
+    next: AtomicU64,
 }
 
 impl Server {
-    /// A server on a fresh embedded database in its own temp dir.
+    /// A server on a fresh database of the backend `CHAT_TEST_STORE` names, deployed as
+    /// `CHAT_TEST_TOPOLOGY` says.
     pub fn start(args: &[&str]) -> Server {
+        if topology() != Topology::Single {
+            return Server::start_cluster(2, args, topology() == Topology::Nginx);
+        }
+        if backend() == Backend::Mysql {
+            return Server::start_with_db(&fresh_db(), args);
+        }
         let dir = TempDir::new("srv");
         let db = format!("sqlite://{}", dir.path().join("chat.db").display());
         let mut s = Server::start_with_db(&db, args);
         s._dir = Some(dir);
         s
+    }
+
+    /// `n` nodes on a fresh MariaDB database and the shared Redis; with `nginx`, a
+    /// round-robin nginx in front that every client goes through.
+    pub fn start_cluster(n: usize, args: &[&str], nginx: bool) -> Server {
+        let db = services::MariaDb::shared().create_database();
+        // A Redis of its own: user ids restart at 1 in every test database, and a user's
+        // channel is its id.
+        let redis_server = services::Redis::start();
+        let redis = redis_server.url();
+        let mut node_args: Vec<&str> = args.to_vec();
+        node_args.extend(["--redis", &redis]);
+        let mut first = Server::start_with_db(&db, &node_args);
+        first.redis = Some(redis_server);
+        first.nodes = (1..n).map(|_| Server::start_with_db(&db, &node_args)).collect();
+        if nginx {
+            let upstream: String =
+                first.node_addrs().iter().map(|a| format!("server {a} max_fails=0;")).collect::<Vec<_>>().join(" ");
+            first.nginx = Some(services::Nginx::start(|port| {
+                format!(
+                    "upstream chat {{ {upstream} }}\n\
+                     server {{ listen 127.0.0.1:{port}; proxy_pass chat; proxy_timeout 10m; proxy_connect_timeout 2s; }}"
+                )
+            }));
+        }
+        first
+    }
+
+    /// Every node's own address.
+    pub fn node_addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr).chain(self.nodes.iter().map(|n| n.addr)).collect()
+    }
+
+    /// Where the next client connects: the balancer, or the nodes in turn.
+    pub fn next_addr(&self) -> SocketAddr {
+        if let Some(nginx) = &self.nginx {
+            return nginx.addr();
+        }
+        let nodes = self.node_addrs();
+        nodes[(self.next.fetch_add(1, Ordering::Relaxed) as usize) % nodes.len()]
     }
 
     /// A server on the database `db` (a URL), e.g. to restart over the same data.
@@ -107,7 +212,17 @@ impl Server {
                 panic!("ChatServer did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
             }
         };
-        Server { addr, child: Some(child), log, db: db.to_owned(), _dir: None }
+        Server {
+            addr,
+            child: Some(child),
+            log,
+            db: db.to_owned(),
+            _dir: None,
+            nodes: Vec::new(),
+            nginx: None,
+            redis: None,
+            next: AtomicU64::new(0),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -119,7 +234,7 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(self.addr)
+        Client::connect(self.next_addr())
     }
 
     /// Sends `sig` and waits up to `within` for the exit.
@@ -171,6 +286,14 @@ impl Drop for Server {
     }
 }
 
+/// What `Client::poll_frame` saw.
+#[derive(Debug)]
+pub enum Polled {
+    Frame(Value),
+    Timeout,
+    Closed,
+}
+
 /// A protocol client over one TCP connection. Frames it sends end with `terminator`
 /// (`"\n"` unless changed); frames it reads may end with NUL or newline.
 pub struct Client {
@@ -200,8 +323,18 @@ impl Client {
         self.stream.write_all(bytes).expect("write");
     }
 
-    /// The next frame from the server, or `None` if the connection closed.
+    /// The next frame from the server, or `None` if the connection closed; panics if
+    /// none comes within `timeout`.
     pub fn read_frame(&mut self, timeout: Duration) -> Option<Value> {
+        match self.poll_frame(timeout) {
+            Polled::Frame(v) => Some(v),
+            Polled::Closed => None,
+            Polled::Timeout => panic!("no frame within {timeout:?}; have {:?}", String::from_utf8_lossy(&self.buf)),
+        }
+    }
+
+    /// The next frame if one comes within `timeout`.
+    pub fn poll_frame(&mut self, timeout: Duration) -> Polled {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == 0 || *b == b'\n') {
@@ -211,24 +344,24 @@ impl Client {
                 if text.iter().all(|b| b.is_ascii_whitespace()) {
                     continue;
                 }
-                return Some(
+                return Polled::Frame(
                     serde_json::from_slice(text)
                         .unwrap_or_else(|e| panic!("bad frame {:?}: {e}", String::from_utf8_lossy(text))),
                 );
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("no frame within {timeout:?}; have {:?}", String::from_utf8_lossy(&self.buf));
+                return Polled::Timeout;
             }
             self.stream.set_read_timeout(Some(deadline - now)).expect("timeout");
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return Polled::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    panic!("no frame within {timeout:?}; have {:?}", String::from_utf8_lossy(&self.buf))
+                    return Polled::Timeout
                 }
-                Err(_) => return None,
+                Err(_) => return Polled::Closed,
             }
         }
     }
@@ -324,7 +457,7 @@ pub fn unique(prefix: &str) -> String {
 
 impl User {
     pub fn new(server: &Server, prefix: &str) -> User {
-        User::at(server.addr, prefix)
+        User::at(server.next_addr(), prefix)
     }
 
     pub fn at(addr: SocketAddr, prefix: &str) -> User {
