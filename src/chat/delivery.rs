@@ -58,6 +58,28 @@ impl Hub {
         Ok(())
     }
 
+    /// Delivers one push to many users: the copies for users not held here are
+    /// published in one round trip; the rest, and any copy no server took, go through
+    /// `deliver`.
+    pub fn deliver_to_many(&self, users: &[UserId], push: &Arc<str>) -> Result<(), Fail> {
+        let (here, away): (Vec<UserId>, Vec<UserId>) =
+            users.iter().partition(|u| !matches!(self.registry.route(**u), Route::NotHere));
+        let published = if away.len() > 1 {
+            let msgs: Vec<(UserId, Arc<str>)> = away.iter().map(|u| (*u, Arc::clone(push))).collect();
+            self.bus.publish_many(&msgs).unwrap_or_else(|e| {
+                log::warn!("{e}; delivering one by one");
+                vec![false; away.len()]
+            })
+        } else {
+            vec![false; away.len()]
+        };
+        let rest = away.iter().zip(published).filter(|(_, taken)| !taken).map(|(u, _)| *u);
+        for user in here.into_iter().chain(rest) {
+            self.deliver(user, Arc::clone(push))?;
+        }
+        Ok(())
+    }
+
     /// Publishes `push` for `to`; true when a server took it. When none did but one
     /// still holds `to`'s presence (it is storing what reached it, or logging `to` in),
     /// tries again: storing now could put this message ahead of those.

@@ -72,8 +72,7 @@ pub fn group_chat(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> 
     }
     let time = now();
     let push = to_text(&GroupChatPush { msgid: msg::GROUP_CHAT, id: me, name, groupid, msg: text, time: &time })?;
-    for (member, _) in members.iter().filter(|(id, _)| *id != me) {
-        hub.deliver(*member, Arc::clone(&push))?;
-    }
+    let others: Vec<UserId> = members.iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
+    hub.deliver_to_many(&others, &push)?;
     Ok(Outcome::Reply(Default::default()))
 }

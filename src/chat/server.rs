@@ -75,6 +75,9 @@ impl ChatServer {
             Some(url) => Arc::new(RedisBus::connect(url, Arc::clone(&inbox) as _).map_err(Error::Bus)?),
             None => Arc::new(LocalBus),
         };
+        if !config.sole_server_on_db() {
+            clear_stale_online_marks(store.as_ref(), bus.as_ref());
+        }
         let opts = ServerOptions { threads: config.threads(), max_conns: config.max_conns, keepalive: true };
         let tcp = TcpServer::new(listener, &opts).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
         let hub = Arc::new(Hub {
@@ -141,6 +144,23 @@ impl ChatServer {
         }
         log::info!("stopped");
         Ok(())
+    }
+}
+
+/// A cluster node starting: users the database marks online but whom no server holds
+/// (nobody has their presence) were left so by a crash; mark them offline. A user
+/// logging in meanwhile holds presence before being marked online, so is left alone.
+fn clear_stale_online_marks(store: &dyn Store, bus: &dyn Bus) {
+    let marked = match store.online_users() {
+        Ok(ids) => ids,
+        Err(e) => return log::warn!("cannot read online marks: {e}"),
+    };
+    let stale: Vec<_> = marked.into_iter().filter(|u| matches!(bus.online_elsewhere(*u), Ok(false))).collect();
+    if !stale.is_empty() {
+        log::info!("marking {} users offline whom no server holds (left by a crash)", stale.len());
+        if let Err(e) = store.set_online(&stale, false) {
+            log::warn!("cannot clear stale online marks: {e}");
+        }
     }
 }
 

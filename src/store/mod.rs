@@ -100,6 +100,8 @@ pub trait Store: Send + Sync {
     fn set_online(&self, ids: &[UserId], online: bool) -> Result<()>;
     /// Marks every user offline (a single server starting on its own database).
     fn set_all_offline(&self) -> Result<()>;
+    /// The users whose `state` column says online.
+    fn online_users(&self) -> Result<Vec<UserId>>;
 
     /// Adds `friend` to `user`'s list (one-way). `Conflict` when already there.
     /// The caller checks that `friend` exists.

@@ -362,6 +362,10 @@ fn update_all_offline(c: &mut impl Queryable) -> Q<()> {
     Ok(())
 }
 
+fn select_online(c: &mut impl Queryable) -> Q<Vec<UserId>> {
+    Ok(c.exec("SELECT id FROM user WHERE state = ?", (STATE_ONLINE,))?)
+}
+
 fn insert_friend(c: &mut impl Queryable, user: UserId, friend: UserId) -> Q<()> {
     c.exec_drop("INSERT INTO friend (userid, friendid) VALUES (?, ?)", (user, friend))?;
     Ok(())
@@ -551,6 +555,10 @@ impl Store for MysqlStore {
 
     fn set_all_offline(&self) -> Result<()> {
         self.single(update_all_offline)
+    }
+
+    fn online_users(&self) -> Result<Vec<UserId>> {
+        self.single(select_online)
     }
 
     fn add_friend(&self, user: UserId, friend: UserId) -> Result<()> {

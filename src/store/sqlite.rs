@@ -241,6 +241,12 @@ fn update_all_offline(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+fn select_online(conn: &Connection) -> Result<Vec<UserId>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM user WHERE state = ?1")?;
+    let rows = stmt.query_map(params![STATE_ONLINE], |row| row.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 fn insert_friend(conn: &Connection, user: UserId, friend: UserId) -> Result<()> {
     conn.prepare_cached("INSERT INTO friend (userid, friendid) VALUES (?1, ?2)")?.execute(params![user, friend])?;
     Ok(())
@@ -413,6 +419,10 @@ impl Store for SqliteStore {
 
     fn set_all_offline(&self) -> Result<()> {
         self.write(update_all_offline)
+    }
+
+    fn online_users(&self) -> Result<Vec<UserId>> {
+        self.read(select_online)
     }
 
     fn add_friend(&self, user: UserId, friend: UserId) -> Result<()> {

@@ -40,8 +40,14 @@ fn a_killed_server_loses_nothing_and_frees_its_users() {
     assert_eq!(sender.call(json!({"msgid": 6, "toid": rid, "msg": "live"}))["errno"], 0);
     assert_eq!(r.push()["msg"], "live", "crossed servers through Redis");
 
+    assert_eq!(sender.call(json!({"msgid": 7, "friendid": rid}))["errno"], 0);
     s.nodes[0].signal("KILL", Duration::from_secs(5));
     assert!(r.closed_within(Duration::from_secs(5)));
+    // The crash left R marked online; a node starting now clears what nobody holds.
+    let redis = s.redis.as_ref().map(|r| r.url()).unwrap_or_default();
+    let _restarted = Server::start_with_db(&s.db, &["--redis", &redis]);
+    let state = sender.call(json!({"msgid": 14}))["friends"][0]["state"].clone();
+    assert_eq!(state, "offline", "stale online mark of a killed server's user");
     for m in ["after1", "after2", "after3"] {
         assert_eq!(sender.call(json!({"msgid": 6, "toid": rid, "msg": m}))["errno"], 0);
     }
