@@ -4,6 +4,9 @@
 #   ./autobuild.sh          build bin/ChatServer, bin/ChatClient, bin/ConsistentHash
 #   ./autobuild.sh test     build, then run every test (unit, integration, doc): once on
 #                           SQLite, then the integration suite again on MySQL (MariaDB)
+#   ./autobuild.sh cluster up|down|status
+#                           build (for `up`), then a local cluster: MariaDB, Redis, two
+#                           ChatServers and nginx on 8000 (scripts/cluster.sh)
 #
 # The integration suite starts private MariaDB, Redis and nginx (stream) servers of its
 # own, in temp dirs on free loopback ports (tests/it/support/services.rs): it needs their
@@ -17,9 +20,10 @@ BINS=(ChatServer ChatClient ConsistentHash)
 build() {
     cargo build --release --locked --bins
     mkdir -p bin
+    local out="${CARGO_TARGET_DIR:-target}/release"
     for b in "${BINS[@]}"; do
-        if [ -f "target/release/$b" ]; then
-            cp -f "target/release/$b" bin/
+        if [ -f "$out/$b" ]; then
+            cp -f "$out/$b" bin/
         fi
     done
     echo "built: $(cd bin && ls | tr '\n' ' ')"
@@ -136,11 +140,22 @@ run_tests() {
     # the suite's private MariaDB). Skipped: what already ran against both backends
     # (store::, both store suites), against MariaDB directly (mysql::), and the
     # harness's own tests (support::).
-    CHAT_TEST_STORE=mysql cargo test --release --locked --test it -- --skip store:: --skip mysql:: --skip support::
+    CHAT_TEST_STORE=mysql cargo test --release --locked --test it -- --skip store:: --skip mysql:: --skip support:: --skip cluster::
+    # The protocol suite across a two-node cluster (MariaDB + Redis; clients alternate
+    # between the nodes, so conversations cross servers), then with every client
+    # going through nginx's stream module in front of the nodes.
+    CHAT_TEST_TOPOLOGY=cluster cargo test --release --locked --test it -- protocol:: framing::
+    CHAT_TEST_TOPOLOGY=nginx cargo test --release --locked --test it -- protocol:: framing:: client::
 }
 
 case "${1:-build}" in
     build) build ;;
     test) build && run_tests ;;
-    *) echo "usage: $0 [test]" >&2; exit 2 ;;
+    # A local cluster under ./run (scripts/cluster.sh): `up` builds first; `down` and
+    # `status` need no build, and must work while the tree does not compile.
+    cluster)
+        if [ "${2:-}" = up ]; then build; fi
+        scripts/cluster.sh "${@:2}"
+        ;;
+    *) echo "usage: $0 [test | cluster up|down|status]" >&2; exit 2 ;;
 esac
