@@ -150,7 +150,8 @@ run_tests() {
 
 case "${1:-build}" in
     build) build ;;
-    test) build && run_tests ;;
+    # Not `build && run_tests`: that would switch off `set -e` inside build.
+    test) build; run_tests ;;
     # A local cluster under ./run (scripts/cluster.sh): `up` builds first; `down` and
     # `status` need no build, and must work while the tree does not compile.
     cluster)
