@@ -52,6 +52,9 @@ pub struct Connection<C> {
     pub(crate) created: Instant,
     pub(crate) last_read: Instant,
     pub(crate) closing_since: Option<Instant>,
+    /// While set, `send` only queues: the loop writes once after the callback, so the
+    /// replies to all frames of one read cost one `send()`.
+    pub(crate) corked: bool,
     /// The upper layer's per-connection state.
     pub ctx: C,
 }
@@ -71,6 +74,7 @@ impl<C> Connection<C> {
             created: now,
             last_read: now,
             closing_since: None,
+            corked: false,
             ctx,
         }
     }
@@ -104,7 +108,7 @@ impl<C> Connection<C> {
             return;
         }
         self.queued_total += bytes.len() as u64;
-        if self.output.is_empty() {
+        if self.output.is_empty() && !self.corked {
             match write_some(&mut self.stream, bytes) {
                 Ok(n) => {
                     self.written_total += n as u64;
@@ -130,7 +134,7 @@ impl<C> Connection<C> {
         self.written_total
     }
 
-    /// Bytes queued but not yet taken by the socket.
+    /// Bytes queued but not yet taken by the socket (while corked, not yet tried).
     pub fn unsent(&self) -> usize {
         self.output.len()
     }

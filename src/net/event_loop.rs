@@ -175,7 +175,10 @@ impl<H: Handler> EventLoop<H> {
                         break;
                     }
                     Ok(_) => {
+                        conn.corked = true;
                         handler.on_message(conn);
+                        conn.corked = false;
+                        conn.flush();
                         if !conn.is_reading() {
                             break;
                         }
