@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{unique, Client, Server, User};
+use crate::support::{unique, Client, Polled, Server, User};
 
 fn ack(r: &Value, req: i64) -> i64 {
     assert_eq!(r["msgid"], 15, "not an ACK: {r}");
@@ -489,4 +489,67 @@ fn a_large_mailbox_comes_as_login_ack_then_pushes_in_order() {
     // Handed over means gone from the mailbox.
     c.call(json!({"msgid": 3}));
     assert!(c.login(b, "pw").get("offlinemsg").is_none());
+}
+
+#[test]
+fn nothing_is_pushed_before_login_ack_even_mid_flood() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut c = Client::connect(s.addr);
+    let rid = c.register(&unique("target"), "pw");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), s.next_addr());
+        std::thread::spawn(move || {
+            let mut a = User::at(addr, "flooder");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                assert_eq!(a.c.call(json!({"msgid": 6, "toid": rid, "msg": format!("f{sent}")}))["errno"], 0);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let mut received = 0u64;
+    for _ in 0..30 {
+        let mut r = Client::connect(s.next_addr());
+        r.send(&json!({"msgid": 1, "id": rid, "password": "pw"}));
+        let first = r.read_frame(Duration::from_secs(10)).expect("a reply");
+        assert_eq!(first["msgid"], 2, "the first frame after LOGIN must be its LOGIN_ACK: {first}");
+        if first["errno"] != 0 {
+            continue; // errno 2 while the previous session is being torn down
+        }
+        received += first["offlinemsg"].as_array().map_or(0, |a| a.len() as u64);
+        for _ in 0..5 {
+            if let Polled::Frame(_) = r.poll_frame(Duration::from_millis(50)) {
+                received += 1;
+            }
+        }
+        // Log out cleanly, collecting what was pushed before the ACK.
+        r.send(&json!({"msgid": 3}));
+        loop {
+            let v = r.read_frame(Duration::from_secs(10)).expect("LOGINOUT ACK");
+            if v["msgid"] == 15 {
+                break;
+            }
+            received += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flooder");
+    // And nothing was lost: what is left waits in the mailbox.
+    let mut last = Client::connect(s.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut last_ack, mut tries) = (last.call(json!({"msgid": 1, "id": rid, "password": "pw"})), 0);
+    while last_ack["errno"] == 2 && std::time::Instant::now() < deadline {
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(20 * tries.min(5)));
+        last_ack = last.call(json!({"msgid": 1, "id": rid, "password": "pw"}));
+    }
+    assert_eq!(last_ack["errno"], 0, "{last_ack}");
+    received += last_ack["offlinemsg"].as_array().map_or(0, |a| a.len() as u64);
+    while let Polled::Frame(_) = last.poll_frame(Duration::from_millis(300)) {
+        received += 1;
+    }
+    assert_eq!(received, sent, "every acked message exactly once");
 }
