@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn_state::send_tracked;
-use crate::net::ConnRef;
 use super::hub::{unavailable, Hub};
 use super::registry::Route;
+use crate::net::ConnRef;
 use crate::proto::msg::Fail;
 use crate::store::UserId;
 

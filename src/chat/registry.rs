@@ -176,7 +176,8 @@ impl Registry {
     /// Hold the lock and store `take_leftovers` first.
     pub fn disconnect(&self, user: UserId, conn: ConnRef) -> bool {
         let mut users = self.users();
-        let held = matches!(users.get(&user), Some(Entry::Online { conn: c, .. }) | Some(Entry::Leaving(c, _)) if *c == conn);
+        let held =
+            matches!(users.get(&user), Some(Entry::Online { conn: c, .. }) | Some(Entry::Leaving(c, _)) if *c == conn);
         if held {
             users.remove(&user);
         }

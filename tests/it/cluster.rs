@@ -82,7 +82,11 @@ fn a_redis_outage_stores_then_delivers_without_a_new_login() {
     // The receiver's server resubscribes and drains its mailbox: no new login needed.
     let started = Instant::now();
     let got: Vec<String> = (0..3)
-        .map(|_| r.push_within(Duration::from_secs(10)).map(|p| p["msg"].as_str().unwrap_or("").to_owned()).unwrap_or_default())
+        .map(|_| {
+            r.push_within(Duration::from_secs(10))
+                .map(|p| p["msg"].as_str().unwrap_or("").to_owned())
+                .unwrap_or_default()
+        })
         .collect();
     assert_eq!(got, ["down1", "down2", "down3"]);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -122,7 +126,8 @@ fn churn_loses_nothing_duplicates_nothing_and_keeps_order() {
     let got: Arc<Mutex<HashMap<(usize, i64), Vec<u64>>>> = Arc::default();
     let record = |got: &Mutex<HashMap<(usize, i64), Vec<u64>>>, rid: i64, msg: &str| {
         let mut parts = msg.split(':');
-        let (Some(si), Some(seq)) = (parts.next().and_then(|x| x.parse().ok()), parts.next().and_then(|x| x.parse().ok()))
+        let (Some(si), Some(seq)) =
+            (parts.next().and_then(|x| x.parse().ok()), parts.next().and_then(|x| x.parse().ok()))
         else {
             panic!("unexpected message {msg}")
         };

@@ -278,7 +278,11 @@ impl Drop for Server {
         let log = self.log();
         if log.contains("panicked") || std::thread::panicking() {
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("server log (last {} lines):\n{}", tail.len(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "server log (last {} lines):\n{}",
+                tail.len(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
             if !std::thread::panicking() {
                 panic!("the server panicked");
             }
