@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::conn_state::{send_frame, send_tracked};
-use super::dispatch::{fields, Outcome};
+use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
 use super::password;
 use super::session::Session;
@@ -68,24 +68,35 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     // What an earlier connection of this user left unsent goes to the mailbox first.
     hub.store_for(id, Vec::new())?;
     hub.registry.connect(id, conn).map_err(|_| busy())?;
-    let undo = |fail: Fail| {
+    // Makes the user unreachable here again: every failure from here on, and a
+    // connection that vanished meanwhile, undo what was done.
+    let undo = || {
         hub.registry.disconnect(id, conn);
         let _ = hub.bus.unsubscribe(id);
         let _ = hub.bus.release(id);
-        fail
     };
-    hub.bus.subscribe(id).map_err(|e| undo(Fail::new(errno::UNAVAILABLE, e.to_string())))?;
+    hub.bus.subscribe(id).map_err(|e| {
+        undo();
+        Fail::new(errno::UNAVAILABLE, e.to_string())
+    })?;
     if let Err(e) = hub.store.set_online(&[id], true) {
-        return Err(undo(unavailable(e)));
+        undo();
+        return Err(unavailable(e));
     }
     let (friends, groups) = match hub.store.friends(id).and_then(|f| Ok((f, hub.store.user_groups(id)?))) {
         Ok(x) => x,
-        Err(e) => return Err(undo(unavailable(e))),
+        Err(e) => {
+            undo();
+            return Err(unavailable(e));
+        }
     };
     // The oldest page of the mailbox goes in the LOGIN_ACK; the rest is pumped after it.
     let (ids, offline): (Vec<i64>, Vec<Arc<str>>) = match hub.store.peek_offline(id, LOGIN_BATCH) {
         Ok(rows) => rows.into_iter().map(|(row, m)| (row, Arc::from(m))).unzip(),
-        Err(e) => return Err(undo(unavailable(e))),
+        Err(e) => {
+            undo();
+            return Err(unavailable(e));
+        }
     };
     let backlog = ids.len() == LOGIN_BATCH;
     hub.registry.set_backlog(id, conn, backlog);
@@ -102,9 +113,7 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     });
     let Some(caught_up) = handed else {
         // The connection went away while we logged it in: nothing was handed over.
-        hub.registry.disconnect(id, conn);
-        let _ = hub.bus.unsubscribe(id);
-        let _ = hub.bus.release(id);
+        undo();
         let _ = hub.store.set_online(&[id], false);
         return Ok(Outcome::Sent);
     };
@@ -121,7 +130,7 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
 
 pub fn loginout(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let (id, _) = s.me(req)?;
-    hub.logout(id, conn).map_err(unavailable)?;
+    hub.logout(id, conn)?;
     s.user = None;
     let body = reply(msg::ACK, msg::LOGINOUT, req.reqid.as_ref(), Ok(Default::default()));
     hub.loops.run(conn, move |c| {
@@ -137,7 +146,7 @@ pub fn loginout(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Res
 impl Hub {
     /// `user` on `conn` is no longer reachable here: stores what the connection left
     /// unsent, leaves the registry and the bus, and marks the user offline.
-    fn logout(&self, user: UserId, conn: ConnRef) -> Result<(), crate::store::StoreError> {
+    fn logout(&self, user: UserId, conn: ConnRef) -> Result<(), Fail> {
         let _lock = self.registry.lock(user);
         if !self.registry.is_entry_of(user, conn) {
             return Ok(()); // another connection holds the user now
@@ -145,21 +154,17 @@ impl Hub {
         // Unsent pushes first; then leave the bus, so nothing more arrives; then store
         // what arrived meanwhile. Only then may others find the user gone and store
         // newer mail behind these.
-        let unavailable = || crate::store::StoreError::Unavailable("cannot store undelivered messages".into());
-        self.store_for(user, Vec::new()).map_err(|_| unavailable())?;
+        self.store_for(user, Vec::new())?;
         if let Err(e) = self.bus.unsubscribe(user) {
             log::warn!("unsubscribe {user}: {e}");
         }
-        let late = self.registry.take_inbox(user);
-        if self.store_for(user, late).is_err() {
-            // Keep the entry: its leftovers are stored by whoever next holds the lock.
-            return Err(unavailable());
-        }
+        // On failure the entry stays: whoever next holds the lock stores its leftovers.
+        self.store_for(user, self.registry.take_inbox(user))?;
         self.registry.disconnect(user, conn);
         if let Err(e) = self.bus.release(user) {
             log::warn!("release {user}: {e}");
         }
-        self.store.set_online(&[user], false)
+        self.store.set_online(&[user], false).map_err(unavailable)
     }
 
     /// A connection ended: as LOGINOUT for its user, and its unwritten messages (for
@@ -179,15 +184,11 @@ impl Hub {
             }
         }
         if let Some(user) = user {
-            if let Err(e) = self.logout(user, conn) {
-                log::warn!("logout of {user}: {e}");
+            if let Err(f) = self.logout(user, conn) {
+                log::warn!("logout of {user}: {}", f.errmsg);
             }
         }
     }
-}
-
-fn user_json(u: &User) -> Value {
-    json!({"id": u.id, "name": u.name, "state": if u.online { "online" } else { "offline" }})
 }
 
 /// In v1 every element is a JSON-encoded string; in v2 an object.

@@ -51,6 +51,12 @@ impl Hub {
                 }
             }
         }
+        self.store_and_ring(to, push)
+    }
+
+    /// Stores `push` for `to`, then tells whichever server holds `to` (a lost doorbell
+    /// only delays delivery to the next login or resubscription). Hold `to`'s lock.
+    fn store_and_ring(&self, to: UserId, push: Arc<str>) -> Result<(), Fail> {
         self.store_for(to, vec![push])?;
         if let Err(e) = self.bus.ring(to) {
             log::warn!("{e}; doorbell for {to} not rung");
@@ -166,21 +172,17 @@ impl Hub {
                 return;
             }
         }
+        let n = msgs.len();
         if let Err(f) = self.store_for(user, msgs) {
-            log::error!("{} pushes from other servers for {user} are lost: {}", f.errmsg, user);
+            log::error!("{n} pushes from other servers for {user} are lost: {}", f.errmsg);
         }
     }
 
     /// A push from another server for a user with no entry here any more.
     pub fn store_remote(&self, user: UserId, push: Arc<str>) {
         let _lock = self.registry.lock(user);
-        match self.store_for(user, vec![push]) {
-            Ok(()) => {
-                if let Err(e) = self.bus.ring(user) {
-                    log::warn!("{e}; doorbell for {user} not rung");
-                }
-            }
-            Err(f) => log::error!("a push from another server for {user} is lost: {}", f.errmsg),
+        if let Err(f) = self.store_and_ring(user, push) {
+            log::error!("a push from another server for {user} is lost: {}", f.errmsg);
         }
     }
 

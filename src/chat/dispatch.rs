@@ -54,6 +54,11 @@ pub fn handle(hub: &Hub, session: &mut Session, conn: ConnRef, req: &Request) {
     hub.reply(conn, reply(reply_type(req.msgid), req.msgid, req.reqid.as_ref(), result), false);
 }
 
+/// A user as replies show one: `{"id","name","state"}`.
+pub fn user_json(u: &crate::store::User) -> Value {
+    serde_json::json!({"id": u.id, "name": u.name, "state": if u.online { "online" } else { "offline" }})
+}
+
 /// Builds a field map from pairs.
 pub fn fields<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()

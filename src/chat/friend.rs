@@ -1,9 +1,9 @@
 //! ADD_FRIEND, DEL_FRIEND, SHOW_FRIEND_LIST. Friendship is one-way, as in the seeds.
 //! Worker threads.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::dispatch::{fields, Outcome};
+use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
 use super::session::Session;
 use crate::net::ConnRef;
@@ -39,9 +39,6 @@ pub fn del(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<
 pub fn list(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let (me, _) = s.me(req)?;
     let friends = hub.store.friends(me).map_err(unavailable)?;
-    let friends: Vec<Value> = friends
-        .iter()
-        .map(|f| json!({"id": f.id, "name": f.name, "state": if f.online { "online" } else { "offline" }}))
-        .collect();
+    let friends: Vec<Value> = friends.iter().map(user_json).collect();
     Ok(Outcome::Reply(fields([("friends", Value::Array(friends))])))
 }

@@ -29,7 +29,7 @@ impl LoginGuard {
     /// Whether `id` may try a password now.
     pub fn may_try(&self, id: UserId) -> bool {
         let tries = self.tries.lock().unwrap_or_else(|p| p.into_inner());
-        tries.get(&id).map_or(true, |(tokens, since)| Self::allowance(*tokens, *since, Instant::now()) >= 1.0)
+        tries.get(&id).is_none_or(|(tokens, since)| Self::allowance(*tokens, *since, Instant::now()) >= 1.0)
     }
 
     /// A wrong password (or unknown id) for `id`.

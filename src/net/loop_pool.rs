@@ -61,30 +61,4 @@ impl<C> LoopPool<C> {
             handle.push(Task::Run(conn, Box::new(f)));
         }
     }
-
-    /// Queues `bytes` on `conn`; dropped if the connection is gone.
-    pub fn send(&self, conn: ConnRef, bytes: Vec<u8>) {
-        self.run(conn, move |c| {
-            if let Some(c) = c {
-                c.send(&bytes);
-            }
-        });
-    }
-
-    /// Closes `conn` after its queued output is written.
-    pub fn close(&self, conn: ConnRef) {
-        self.run(conn, |c| {
-            if let Some(c) = c {
-                c.close();
-            }
-        });
-    }
-
-    pub fn len(&self) -> usize {
-        self.loops.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.loops.is_empty()
-    }
 }

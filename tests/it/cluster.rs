@@ -109,6 +109,9 @@ impl Rng {
     }
 }
 
+/// (sender index, receiver id) -> sequence numbers received, in order of receipt.
+type Received = HashMap<(usize, i64), Vec<u64>>;
+
 #[test]
 fn churn_loses_nothing_duplicates_nothing_and_keeps_order() {
     const SENDERS: usize = 10;
@@ -122,9 +125,8 @@ fn churn_loses_nothing_duplicates_nothing_and_keeps_order() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    // (sender index, receiver id) -> messages received, in order of receipt.
-    let got: Arc<Mutex<HashMap<(usize, i64), Vec<u64>>>> = Arc::default();
-    let record = |got: &Mutex<HashMap<(usize, i64), Vec<u64>>>, rid: i64, msg: &str| {
+    let got: Arc<Mutex<Received>> = Arc::default();
+    let record = |got: &Mutex<Received>, rid: i64, msg: &str| {
         let mut parts = msg.split(':');
         let (Some(si), Some(seq)) =
             (parts.next().and_then(|x| x.parse().ok()), parts.next().and_then(|x| x.parse().ok()))

@@ -156,6 +156,9 @@ fn rate_limit_answers_429_and_does_not_carry_out() {
         pongs.push(a.c.reply());
     }
     assert!(pongs.iter().any(|p| p == &json!({"msgid": 17, "errno": 429, "errmsg": p["errmsg"]})), "{pongs:?}");
+    // 429 comes before 400: a malformed request while limited is a 429.
+    let r = a.c.call(json!({"msgid": 6, "toid": "not an id"}));
+    assert_eq!((r["msgid"].as_i64(), r["errno"].as_i64()), (Some(15), Some(429)), "{r}");
     std::thread::sleep(Duration::from_millis(1100));
     assert_eq!(a.c.call(json!({"msgid": 16})), json!({"msgid": 17}));
 }
