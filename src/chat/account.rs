@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use super::conn_state::{send_frame, send_tracked};
+use super::delivery::flush_pending;
 use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
 use super::password;
@@ -71,6 +72,10 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     // Makes the user unreachable here again: every failure from here on, and a
     // connection that vanished meanwhile, undo what was done.
     let undo = || {
+        let waiting = hub.registry.take_waiting(id);
+        if let Err(f) = hub.store_for(id, waiting) {
+            log::error!("pushes for {id} taken during a failed login are lost: {}", f.errmsg);
+        }
         hub.registry.disconnect(id, conn);
         let _ = hub.bus.unsubscribe(id);
         let _ = hub.bus.release(id);
@@ -103,10 +108,14 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
 
     let ack = login_ack(&creds.name, id, &friends, &groups, &offline, v2);
     let body = reply(msg::LOGIN_ACK, msg::LOGIN, req.reqid.as_ref(), Ok(ack));
+    let (registry, name) = (Arc::clone(&hub.registry), Arc::from(creds.name.as_str()));
     let handed = hub.run_on_conn(conn, move |c| {
         c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
         c.ctx.user = Some(id);
+        c.ctx.name = name;
         send_tracked(c, &body, id, offline);
+        // Live pushes offered since the backlog was cleared, and found no user here yet.
+        flush_pending(&registry, c);
         let caught_up = c.unsent() == 0;
         c.ctx.want_pump |= backlog && !caught_up;
         Some(caught_up)
@@ -151,15 +160,37 @@ impl Hub {
         if !self.registry.is_entry_of(user, conn) {
             return Ok(()); // another connection holds the user now
         }
-        // Unsent pushes first; then leave the bus, so nothing more arrives; then store
-        // what arrived meanwhile. Only then may others find the user gone and store
-        // newer mail behind these.
+        // Take no more live pushes: senders' loops offer them without the lock.
+        self.registry.set_backlog(user, conn, true);
+        let left = self.leave(user, conn);
+        if left.is_err() {
+            // Still logged in: written what could not be stored, and closed to live
+            // pushes until the pump has drained the mailbox again.
+            let registry = Arc::clone(&self.registry);
+            self.loops.run(conn, move |c| {
+                if let Some(c) = c {
+                    flush_pending(&registry, c);
+                    c.ctx.want_pump = true;
+                }
+            });
+        }
+        left
+    }
+
+    /// Unsent pushes first; then leave the bus, so nothing more arrives; then store what
+    /// arrived meanwhile. Only then may others find the user gone and store newer mail
+    /// behind these. On failure the entry stays: whoever next holds the lock stores its
+    /// leftovers. Hold `user`'s lock.
+    fn leave(&self, user: UserId, conn: ConnRef) -> Result<(), Fail> {
         self.store_for(user, Vec::new())?;
         if let Err(e) = self.bus.unsubscribe(user) {
             log::warn!("unsubscribe {user}: {e}");
         }
-        // On failure the entry stays: whoever next holds the lock stores its leftovers.
-        self.store_for(user, self.registry.take_inbox(user))?;
+        let waiting = self.registry.take_waiting(user);
+        if let Err(f) = self.store_for(user, waiting.clone()) {
+            self.registry.restore_waiting(user, waiting);
+            return Err(f);
+        }
         self.registry.disconnect(user, conn);
         if let Err(e) = self.bus.release(user) {
             log::warn!("release {user}: {e}");

@@ -22,8 +22,9 @@ struct Handed {
 
 pub struct ConnState {
     pub decoder: FrameDecoder,
-    /// The logged-in user, from the moment its LOGIN_ACK was queued.
+    /// The logged-in user, from the moment its LOGIN_ACK was queued, and its name.
     pub user: Option<UserId>,
+    pub name: Arc<str>,
     /// Requests handed to a worker and not answered yet. While non-zero, replies made
     /// on the loop go through the worker too, so replies keep request order.
     pub in_flight: u32,
@@ -42,6 +43,7 @@ impl ConnState {
         ConnState {
             decoder: FrameDecoder::new(max_frame),
             user: None,
+            name: Arc::from(""),
             in_flight: 0,
             failed: false,
             want_pump: false,
@@ -52,11 +54,19 @@ impl ConnState {
     }
 }
 
-/// Writes one frame (body and terminator) in a single send. A connection whose unsent
-/// output passes the limit is cut off: it is not reading.
+/// Writes one frame (body and terminator) in a single send.
 pub fn send_frame(conn: &mut Connection<ConnState>, body: &[u8]) {
-    let mut bytes = Vec::with_capacity(body.len() + 1);
-    codec::encode(&mut bytes, body, conn.ctx.decoder.terminator());
+    send_frames(conn, [body]);
+}
+
+/// Writes frames in a single send. A connection whose unsent output passes the limit is
+/// cut off: it is not reading.
+pub fn send_frames<'a>(conn: &mut Connection<ConnState>, bodies: impl IntoIterator<Item = &'a [u8]>) {
+    let terminator = conn.ctx.decoder.terminator();
+    let mut bytes = Vec::new();
+    for body in bodies {
+        codec::encode(&mut bytes, body, terminator);
+    }
     conn.send(&bytes);
     if conn.unsent() > conn.ctx.max_outbuf {
         log::info!("{}: {} bytes unsent, cutting off a slow reader", conn.peer(), conn.unsent());
@@ -64,10 +74,22 @@ pub fn send_frame(conn: &mut Connection<ConnState>, body: &[u8]) {
     }
 }
 
-/// Writes a frame that carries messages for `user`, remembering them until the socket
-/// has taken the whole frame.
+/// Writes a frame that carries messages for `user` (a LOGIN_ACK), remembering them
+/// until the socket has taken the whole frame.
 pub fn send_tracked(conn: &mut Connection<ConnState>, body: &[u8], user: UserId, msgs: Vec<Arc<str>>) {
     send_frame(conn, body);
+    track(conn, user, msgs);
+}
+
+/// Writes pushes for `user`, each its own frame, in a single send, remembering them
+/// until the socket has taken them all.
+pub fn send_pushes(conn: &mut Connection<ConnState>, user: UserId, msgs: Vec<Arc<str>>) {
+    send_frames(conn, msgs.iter().map(|m| m.as_bytes()));
+    track(conn, user, msgs);
+}
+
+/// Remembers `msgs`, just written, until the socket has taken them.
+fn track(conn: &mut Connection<ConnState>, user: UserId, msgs: Vec<Arc<str>>) {
     let (written, queued, unsent) = (conn.written(), conn.queued(), conn.unsent());
     let handed = &mut conn.ctx.handed;
     while handed.front().is_some_and(|h| h.end <= written) {

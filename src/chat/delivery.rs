@@ -2,14 +2,17 @@
 //!
 //! Runs on worker threads, under the recipient's delivery lock (see `registry`):
 //!
-//! 1. recipient held by a live local connection → queue the push on its loop and wait
-//!    for the loop to confirm it took it (it is then the connection's, and goes back to
-//!    the mailbox if the socket never takes it);
+//! 1. recipient held by a live local connection with its mailbox drained → `offer` the
+//!    push to its registry entry; the connection's loop writes it out (`flush_pending`).
+//!    From then on it is the connection's: it goes back to the mailbox if the socket
+//!    never takes it;
 //! 2. else publish on the bus; a server that holds the recipient takes it;
 //! 3. else store it in the mailbox, after any pushes a closed connection left unsent,
 //!    and ring the doorbell.
 //!
-//! A message is acknowledged to its sender only after one of these succeeded.
+//! A message is acknowledged to its sender only after one of these succeeded. Step 1
+//! needs neither the lock nor a worker, so a sender's loop may do it itself (see
+//! `message::one_chat_now`).
 //!
 //! A mailbox too large for one LOGIN_ACK is pumped: the registry marks the user
 //! backlogged (new mail is stored behind the backlog, never overtakes it), and batches
@@ -20,10 +23,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn_state::send_tracked;
+use super::conn_state::{send_pushes, ConnState};
 use super::hub::{unavailable, Hub};
-use super::registry::Route;
-use crate::net::ConnRef;
+use super::registry::{Offer, Registry, Route};
+use crate::net::{ConnRef, Connection};
 use crate::proto::msg::Fail;
 use crate::store::UserId;
 
@@ -38,20 +41,36 @@ impl Hub {
     /// Delivers `push` (a push object's JSON text) to `to`.
     pub fn deliver(&self, to: UserId, push: Arc<str>) -> Result<(), Fail> {
         let _lock = self.registry.lock(to);
-        match self.registry.route(to) {
-            Route::Local(conn) => {
-                if self.hand_over(conn, to, vec![Arc::clone(&push)], false).is_some() {
-                    return Ok(());
+        match self.offer(to, vec![push]) {
+            Ok(()) => Ok(()),
+            Err((Route::Queued, msgs)) => self.store_for(to, msgs),
+            Err((_, msgs)) => {
+                for push in msgs {
+                    if !self.publish(to, &push) {
+                        self.store_and_ring(to, push)?;
+                    }
                 }
-            }
-            Route::Queued => return self.store_for(to, vec![push]),
-            Route::NotHere => {
-                if self.publish(to, &push) {
-                    return Ok(());
-                }
+                Ok(())
             }
         }
-        self.store_and_ring(to, push)
+    }
+
+    /// Offers live pushes to `to` (see `Registry::offer`), and has its loop write them.
+    /// Any thread; `Err` gives them back with where they must go instead.
+    pub fn offer(&self, to: UserId, msgs: Vec<Arc<str>>) -> Result<(), (Route, Vec<Arc<str>>)> {
+        match self.registry.offer(to, msgs) {
+            Offer::Queued => Ok(()),
+            Offer::Flush(conn) => {
+                let registry = Arc::clone(&self.registry);
+                self.loops.run(conn, move |c| {
+                    if let Some(c) = c {
+                        flush_pending(&registry, c);
+                    }
+                });
+                Ok(())
+            }
+            Offer::Refused(route, msgs) => Err((route, msgs)),
+        }
     }
 
     /// Stores `push` for `to`, then tells whichever server holds `to` (a lost doorbell
@@ -107,20 +126,17 @@ impl Hub {
         }
     }
 
-    /// Writes pushes to `conn` if it still holds `to`. `None` when it does not; else
-    /// whether the socket took them all at once. When `pumping` and it did not, the
-    /// connection asks for the next pump once it has written them.
-    pub fn hand_over(&self, conn: ConnRef, to: UserId, msgs: Vec<Arc<str>>, pumping: bool) -> Option<bool> {
+    /// Writes a pumped batch to `conn` and waits until it did, if `conn` still holds `to`.
+    /// `None` when it does not; else whether the socket took them all at once. If it did
+    /// not, the connection asks for the next pump once it has written them.
+    fn hand_over(&self, conn: ConnRef, to: UserId, msgs: Vec<Arc<str>>) -> Option<bool> {
         self.run_on_conn(conn, move |c| {
             if c.ctx.user != Some(to) {
                 return None;
             }
-            for m in msgs {
-                let body = Arc::clone(&m);
-                send_tracked(c, body.as_bytes(), to, vec![m]);
-            }
+            send_pushes(c, to, msgs);
             let caught_up = c.unsent() == 0;
-            c.ctx.want_pump |= pumping && !caught_up;
+            c.ctx.want_pump |= !caught_up;
             Some(caught_up)
         })
     }
@@ -150,7 +166,7 @@ impl Hub {
                 return;
             }
             let (ids, msgs): (Vec<i64>, Vec<Arc<str>>) = rows.into_iter().map(|(id, m)| (id, Arc::from(m))).unzip();
-            let Some(caught_up) = self.hand_over(conn, user, msgs, true) else { return };
+            let Some(caught_up) = self.hand_over(conn, user, msgs) else { return };
             if let Err(e) = self.store.remove_offline(user, &ids) {
                 log::error!("mailbox of {user}: {e}; {} handed messages may come again", ids.len());
             }
@@ -167,11 +183,7 @@ impl Hub {
         if msgs.is_empty() {
             return;
         }
-        if let Route::Local(conn) = self.registry.route(user) {
-            if self.hand_over(conn, user, msgs.clone(), false).is_some() {
-                return;
-            }
-        }
+        let Err((_, msgs)) = self.offer(user, msgs) else { return };
         let n = msgs.len();
         if let Err(f) = self.store_for(user, msgs) {
             log::error!("{n} pushes from other servers for {user} are lost: {}", f.errmsg);
@@ -209,5 +221,14 @@ impl Hub {
             self.registry.restore_leftovers(to, leftovers);
             unavailable(e)
         })
+    }
+}
+
+/// Loop thread of `conn`: writes the live pushes waiting for its user, in one send.
+pub fn flush_pending(registry: &Registry, conn: &mut Connection<ConnState>) {
+    let Some(user) = conn.ctx.user else { return };
+    let msgs = registry.take_pending(user, conn.id());
+    if !msgs.is_empty() {
+        send_pushes(conn, user, msgs);
     }
 }

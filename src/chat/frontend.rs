@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::conn_state::{send_frame, take_unsent, ConnState};
 use super::hub::Hub;
+use super::message;
 use super::worker::Job;
 use super::worker_pool::WorkerPool;
 use crate::net::{ConnRef, Connection, Handler};
@@ -95,6 +96,7 @@ impl Frontend {
             Ok(req) if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 => {
                 send_frame(conn, &reply(msg::PONG, msg::PING, req.reqid.as_ref(), Ok(Default::default())));
             }
+            Ok(req) if req.msgid == msg::ONE_CHAT && message::one_chat_now(&self.hub, conn, &req) => {}
             Ok(req) => {
                 let id = conn.id();
                 self.dispatch(conn, Job::Request(id, req));

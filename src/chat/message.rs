@@ -1,5 +1,6 @@
 //! ONE_CHAT and GROUP_CHAT: stamp the message with the session's sender and the
-//! server's time, then deliver it (see `delivery`). Worker threads.
+//! server's time, then deliver it (see `delivery`). Worker threads, except
+//! `one_chat_now`, which the sender's loop thread runs.
 //!
 //! The ACK is sent only after every recipient has the message delivered or stored.
 
@@ -7,11 +8,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::conn_state::{send_frame, ConnState};
+use super::delivery::flush_pending;
 use super::dispatch::Outcome;
 use super::hub::{unavailable, Hub};
 use super::session::Session;
-use crate::net::ConnRef;
-use crate::proto::msg::{self, errno, Fail, Request};
+use crate::net::{ConnRef, Connection};
+use crate::proto::msg::{self, errno, reply, Fail, Request};
 use crate::store::{GroupId, UserId};
 
 pub const MSG_MAX: usize = 4000;
@@ -56,6 +59,36 @@ pub fn one_chat(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Re
     let push = to_text(&OneChatPush { msgid: msg::ONE_CHAT, id: me, name, toid, msg: text, time: &time })?;
     hub.deliver(toid, push)?;
     Ok(Outcome::Reply(Default::default()))
+}
+
+/// Loop thread: ONE_CHAT without a worker, when it needs none. That is when the sender
+/// is logged in with no request at a worker (so its replies and deliveries keep their
+/// order), the request is well formed, and the recipient is live on this server with its
+/// mailbox drained (which also proves it exists): the push is offered to the recipient
+/// and ACKed at once. False when any of that does not hold; nothing was done then, and
+/// a worker's `one_chat` must handle the request.
+pub fn one_chat_now(hub: &Hub, conn: &mut Connection<ConnState>, req: &Request) -> bool {
+    let Some(me) = conn.ctx.user else { return false };
+    if conn.ctx.in_flight > 0 || req.lossy {
+        return false;
+    }
+    let (Ok(toid), Ok(text)) = (req.int("toid"), req.string("msg", 1, MSG_MAX)) else { return false };
+    match req.opt_int("id") {
+        Ok(None) => {}
+        Ok(Some(claimed)) if claimed == me => {}
+        _ => return false,
+    }
+    let time = now();
+    let push = OneChatPush { msgid: msg::ONE_CHAT, id: me, name: &conn.ctx.name, toid, msg: text, time: &time };
+    let Ok(push) = to_text(&push) else { return false };
+    if hub.offer(toid, vec![push]).is_err() {
+        return false;
+    }
+    if toid == me {
+        flush_pending(&hub.registry, conn); // the push before its ACK, as a worker does it
+    }
+    send_frame(conn, &reply(msg::ACK, msg::ONE_CHAT, req.reqid.as_ref(), Ok(Default::default())));
+    true
 }
 
 pub fn group_chat(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {

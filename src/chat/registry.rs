@@ -2,10 +2,20 @@
 //!
 //! Shared by every thread. The map's mutex is held only for a lookup or an update,
 //! never across I/O, so loop threads may take it. The per-user delivery lock (striped)
-//! is held by worker threads across a whole delivery to that user — live push with its
-//! confirmation, or mailbox write — and across a login's "become reachable, drain the
-//! mailbox, send LOGIN_ACK". That lock is what keeps one sender's messages to one
-//! recipient in order, and nothing pushed before LOGIN_ACK. Never held by a loop thread.
+//! is held by worker threads across a whole delivery to that user (publish, mailbox
+//! write, a pumped batch with its confirmation) and across a login's "become reachable,
+//! drain the mailbox, send LOGIN_ACK". That lock is what keeps one sender's messages to
+//! one recipient in order, and nothing pushed before LOGIN_ACK. Never held by a loop
+//! thread.
+//!
+//! A live push needs no lock and does not wait for the recipient's loop: `offer`
+//! appends it to the entry's `pending` queue under the map's mutex, and the recipient's
+//! loop writes the queue out (`delivery::flush_pending`). A push in `pending` is as safe
+//! as one in the connection's output: if the connection closes first, `mark_leaving`
+//! keeps it with the unsent ones, in order; a logout stores it. The entry takes live
+//! pushes only while its mailbox is drained (`backlog` false, which a login sets only
+//! once the mailbox fits its LOGIN_ACK), so none overtakes older mail, and one sender's
+//! pushes keep their order because they all pass through the same queue.
 //!
 //! When a logged-in connection closes, its loop moves the pushes it could not write
 //! into the entry (`Leaving`). Whoever next holds that user's lock stores them first,
@@ -21,10 +31,11 @@ use crate::store::UserId;
 const STRIPES: usize = 1024;
 
 enum Entry {
-    /// `backlog`: the user's mailbox is being pumped to the connection; new mail joins
-    /// the mailbox behind it instead of overtaking it live. `inbox`: pushes from other
-    /// servers, in arrival order, waiting for a worker to hand them over.
-    Online { conn: ConnRef, backlog: bool, inbox: Vec<Arc<str>> },
+    /// `backlog`: the user's mailbox is (or may still be) being drained to the
+    /// connection; new mail joins the mailbox behind it instead of overtaking it live.
+    /// `pending`: live pushes taken for the connection and not yet written by its loop.
+    /// `inbox`: pushes from other servers, in arrival order, waiting for a worker.
+    Online { conn: ConnRef, backlog: bool, pending: Vec<Arc<str>>, inbox: Vec<Arc<str>> },
     /// The connection closed; these pushes to the user were never written.
     Leaving(ConnRef, Vec<Arc<str>>),
 }
@@ -32,6 +43,16 @@ enum Entry {
 pub struct Registry {
     users: Mutex<HashMap<UserId, Entry>>,
     stripes: Box<[Mutex<()>]>,
+}
+
+/// What became of pushes offered to a user (see `Registry::offer`).
+pub enum Offer {
+    /// Queued behind other pending pushes; their loop task writes these too.
+    Queued,
+    /// Queued first: a task on this connection's loop must write them.
+    Flush(ConnRef),
+    /// Not taken: where they must go instead, and the pushes back.
+    Refused(Route, Vec<Arc<str>>),
 }
 
 /// Where a push for a user goes now.
@@ -79,7 +100,8 @@ impl Registry {
         matches!(self.users().get(&user), Some(Entry::Online { conn: c, .. }) if *c == conn)
     }
 
-    /// Marks whether `user`'s mailbox is being pumped to `conn`. Hold the lock.
+    /// Marks whether `user`'s mailbox is being drained to `conn` (while it is, the entry
+    /// takes no live push). Hold the lock.
     pub fn set_backlog(&self, user: UserId, conn: ConnRef, on: bool) {
         if let Some(Entry::Online { conn: c, backlog, .. }) = self.users().get_mut(&user) {
             if *c == conn {
@@ -89,14 +111,52 @@ impl Registry {
     }
 
     /// Makes `conn` hold `user`, unless another live connection does (`Err` with it).
-    /// Hold the user's lock and store `take_leftovers` first.
+    /// The entry starts backlogged: it takes no live push until the login has drained
+    /// the mailbox and cleared the backlog. Hold the user's lock and store
+    /// `take_leftovers` first.
     pub fn connect(&self, user: UserId, conn: ConnRef) -> Result<(), ConnRef> {
         let mut users = self.users();
         if let Some(Entry::Online { conn: other, .. }) = users.get(&user) {
             return Err(*other);
         }
-        users.insert(user, Entry::Online { conn, backlog: false, inbox: Vec::new() });
+        users.insert(user, Entry::Online { conn, backlog: true, pending: Vec::new(), inbox: Vec::new() });
         Ok(())
+    }
+
+    /// Any thread, without the user's lock: takes live pushes for `user` if a live
+    /// local connection holds it and its mailbox is drained.
+    pub fn offer(&self, user: UserId, mut msgs: Vec<Arc<str>>) -> Offer {
+        match self.users().get_mut(&user) {
+            Some(Entry::Online { conn, backlog: false, pending, .. }) => {
+                let first = pending.is_empty();
+                pending.append(&mut msgs);
+                if first {
+                    Offer::Flush(*conn)
+                } else {
+                    Offer::Queued
+                }
+            }
+            Some(Entry::Online { backlog: true, .. }) => Offer::Refused(Route::Queued, msgs),
+            _ => Offer::Refused(Route::NotHere, msgs),
+        }
+    }
+
+    /// Puts back what `take_waiting` took and could not be stored, as pending pushes
+    /// ahead of any newer ones; the caller has the connection's loop write them. Hold
+    /// the lock.
+    pub fn restore_waiting(&self, user: UserId, mut msgs: Vec<Arc<str>>) {
+        if let Some(Entry::Online { pending, .. }) = self.users().get_mut(&user) {
+            msgs.append(pending);
+            *pending = msgs;
+        }
+    }
+
+    /// Loop thread of `conn`: the live pushes waiting for it, if it holds `user`.
+    pub fn take_pending(&self, user: UserId, conn: ConnRef) -> Vec<Arc<str>> {
+        match self.users().get_mut(&user) {
+            Some(Entry::Online { conn: c, pending, .. }) if *c == conn => std::mem::take(pending),
+            _ => Vec::new(),
+        }
     }
 
     /// Pushes a closed connection left unsent for `user`, oldest first. Hold the lock.
@@ -116,12 +176,13 @@ impl Registry {
     }
 
     /// Loop thread, as `conn` closes: keeps its unsent pushes for `user` in the entry,
-    /// followed by remote pushes not yet handed over. Returns them back if `conn` no
-    /// longer holds `user`.
+    /// followed by the pending live pushes and the remote pushes not yet handed over.
+    /// Returns them back if `conn` no longer holds `user`.
     pub fn mark_leaving(&self, user: UserId, conn: ConnRef, mut unsent: Vec<Arc<str>>) -> Vec<Arc<str>> {
         let mut users = self.users();
         match users.remove(&user) {
-            Some(Entry::Online { conn: c, mut inbox, .. }) if c == conn => {
+            Some(Entry::Online { conn: c, mut pending, mut inbox, .. }) if c == conn => {
+                unsent.append(&mut pending);
                 unsent.append(&mut inbox);
                 users.insert(user, Entry::Leaving(conn, unsent));
                 Vec::new()
@@ -155,6 +216,19 @@ impl Registry {
     pub fn take_inbox(&self, user: UserId) -> Vec<Arc<str>> {
         match self.users().get_mut(&user) {
             Some(Entry::Online { inbox, .. }) => std::mem::take(inbox),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Takes every push waiting for `user` (pending live ones, then remote ones), for a
+    /// logout to store. Hold the lock.
+    pub fn take_waiting(&self, user: UserId) -> Vec<Arc<str>> {
+        match self.users().get_mut(&user) {
+            Some(Entry::Online { pending, inbox, .. }) => {
+                let mut msgs = std::mem::take(pending);
+                msgs.append(inbox);
+                msgs
+            }
             _ => Vec::new(),
         }
     }
