@@ -124,10 +124,11 @@ impl TokenBucket {
     }
 
     /// Takes one token; false when the bucket is empty.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    pub fn allow(&mut self) -> bool {
         if self.rate == 0.0 {
             return true;
         }
+        let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(2.0 * self.rate);

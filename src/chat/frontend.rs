@@ -79,7 +79,7 @@ impl Frontend {
     }
 
     fn on_frame(&self, conn: &mut Connection<ConnState>, parsed: Result<Request, ParseError>) {
-        let allowed = conn.ctx.bucket.allow(Instant::now());
+        let allowed = conn.ctx.bucket.allow();
         match parsed {
             Err(ParseError::NotJson(why)) => {
                 log::debug!("{}: not a JSON object: {why}", conn.peer());

@@ -86,16 +86,14 @@ impl<H: Handler> EventLoop<H> {
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
-                    Token(key) => self.handle_io(
-                        handler,
-                        key,
-                        event.is_readable() || event.is_read_closed() || event.is_error(),
-                        event.is_writable(),
-                    ),
+                    Token(key) => {
+                        let hup = event.is_read_closed() || event.is_error();
+                        self.handle_io(handler, key, event.is_readable() || hup, hup, event.is_writable())
+                    }
                 }
             }
             for key in std::mem::take(&mut self.reread) {
-                self.handle_io(handler, key, true, false);
+                self.handle_io(handler, key, true, true, false);
             }
             if !self.run_tasks(handler) {
                 break;
@@ -158,7 +156,10 @@ impl<H: Handler> EventLoop<H> {
         self.reread.push(key);
     }
 
-    fn handle_io(&mut self, handler: &H, key: usize, readable: bool, writable: bool) {
+    /// `hup`: the peer may have closed, so read until the socket says so; otherwise a
+    /// read that does not fill the buffer has taken everything there was (data that
+    /// arrives later raises a new edge), and the `WouldBlock` read is skipped.
+    fn handle_io(&mut self, handler: &H, key: usize, readable: bool, hup: bool, writable: bool) {
         let Some(conn) = self.conns.get_mut(key) else { return };
         if writable && conn.unsent() > 0 {
             conn.flush();
@@ -174,12 +175,12 @@ impl<H: Handler> EventLoop<H> {
                         conn.mark_closed();
                         break;
                     }
-                    Ok(_) => {
+                    Ok(n) => {
                         conn.corked = true;
                         handler.on_message(conn);
                         conn.corked = false;
                         conn.flush();
-                        if !conn.is_reading() {
+                        if !conn.is_reading() || (n < self.scratch.len() && !hup) {
                             break;
                         }
                         reads += 1;

@@ -204,6 +204,9 @@ impl Request {
 /// Builds a reply body: `{"msgid":type, "errno":.., ..fields}` with `req` on ACKs and the
 /// request's `reqid` echoed. Serialises to bytes without terminator.
 pub fn reply(msgid: i64, request: i64, reqid: Option<&Value>, result: Result<Map<String, Value>, Fail>) -> Vec<u8> {
+    if matches!(&result, Ok(fields) if fields.is_empty()) {
+        return bare_reply(msgid, request, reqid);
+    }
     let mut obj = Map::new();
     obj.insert("msgid".into(), msgid.into());
     if msgid == ACK {
@@ -225,6 +228,27 @@ pub fn reply(msgid: i64, request: i64, reqid: Option<&Value>, result: Result<Map
         obj.insert("reqid".into(), reqid.clone());
     }
     serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
+}
+
+/// A success reply with no result fields (PONG, most ACKs), written directly: the same
+/// bytes `reply` makes through a map (keys in the map's order), without building one.
+fn bare_reply(msgid: i64, request: i64, reqid: Option<&Value>) -> Vec<u8> {
+    use std::io::Write;
+    let mut out = Vec::with_capacity(48);
+    out.push(b'{');
+    if msgid != PONG {
+        out.extend_from_slice(b"\"errno\":0,");
+    }
+    let _ = write!(out, "\"msgid\":{msgid}");
+    if msgid == ACK {
+        let _ = write!(out, ",\"req\":{request}");
+    }
+    if let Some(reqid) = reqid {
+        out.extend_from_slice(b",\"reqid\":");
+        let _ = serde_json::to_writer(&mut out, reqid);
+    }
+    out.push(b'}');
+    out
 }
 
 /// An ERROR frame (msgid 11).
@@ -332,6 +356,28 @@ fn replace_lone_surrogates(bytes: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bare_replies_are_the_bytes_a_map_makes() {
+        let reqids = [None, Some(Value::from("a\"b")), Some(serde_json::json!({"z": [1, 2.5], "a": null}))];
+        for (msgid, request) in [(PONG, PING), (ACK, ONE_CHAT), (ACK, LOGINOUT), (REG_ACK, REG)] {
+            for reqid in &reqids {
+                let mut obj = Map::new();
+                obj.insert("msgid".into(), msgid.into());
+                if msgid == ACK {
+                    obj.insert("req".into(), request.into());
+                }
+                if msgid != PONG {
+                    obj.insert("errno".into(), 0.into());
+                }
+                if let Some(r) = reqid {
+                    obj.insert("reqid".into(), r.clone());
+                }
+                let expected = serde_json::to_vec(&Value::Object(obj)).unwrap();
+                assert_eq!(bare_reply(msgid, request, reqid.as_ref()), expected);
+            }
+        }
+    }
 
     #[test]
     fn msgid_must_be_a_known_integer() {
