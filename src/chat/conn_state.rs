@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::net::Connection;
-use crate::proto::codec::{self, FrameDecoder};
+use crate::proto::codec::FrameDecoder;
 use crate::store::UserId;
 
 /// Pushes (or a LOGIN_ACK's offline messages) handed to a connection whose socket has
@@ -56,18 +56,24 @@ impl ConnState {
 
 /// Writes one frame (body and terminator) in a single send.
 pub fn send_frame(conn: &mut Connection<ConnState>, body: &[u8]) {
-    send_frames(conn, [body]);
+    let terminator = [conn.ctx.decoder.terminator()];
+    conn.send_parts(&[body, &terminator]);
+    cut_off_slow_reader(conn);
 }
 
-/// Writes frames in a single send. A connection whose unsent output passes the limit is
-/// cut off: it is not reading.
+/// Writes frames in a single send.
 pub fn send_frames<'a>(conn: &mut Connection<ConnState>, bodies: impl IntoIterator<Item = &'a [u8]>) {
-    let terminator = conn.ctx.decoder.terminator();
-    let mut bytes = Vec::new();
+    let terminator = [conn.ctx.decoder.terminator()];
+    let mut parts = Vec::new();
     for body in bodies {
-        codec::encode(&mut bytes, body, terminator);
+        parts.extend([body, &terminator[..]]);
     }
-    conn.send(&bytes);
+    conn.send_parts(&parts);
+    cut_off_slow_reader(conn);
+}
+
+/// A connection whose unsent output passes the limit is cut off: it is not reading.
+fn cut_off_slow_reader(conn: &mut Connection<ConnState>) {
     if conn.unsent() > conn.ctx.max_outbuf {
         log::info!("{}: {} bytes unsent, cutting off a slow reader", conn.peer(), conn.unsent());
         conn.abort();

@@ -83,12 +83,18 @@ impl Hub {
         Ok(())
     }
 
-    /// Delivers one push to many users: the copies for users not held here are
-    /// published in one round trip; the rest, and any copy no server took, go through
-    /// `deliver`.
+    /// Delivers one push to many users: offered at once to those live here; the copies
+    /// for users not held here are published in one round trip; the rest, and any copy
+    /// no server took, go through `deliver`.
     pub fn deliver_to_many(&self, users: &[UserId], push: &Arc<str>) -> Result<(), Fail> {
-        let (here, away): (Vec<UserId>, Vec<UserId>) =
-            users.iter().partition(|u| !matches!(self.registry.route(**u), Route::NotHere));
+        let (mut queued, mut away) = (Vec::new(), Vec::new());
+        for &user in users {
+            match self.offer(user, vec![Arc::clone(push)]) {
+                Ok(()) => {}
+                Err((Route::Queued, _)) => queued.push(user),
+                Err(_) => away.push(user),
+            }
+        }
         let published = if away.len() > 1 {
             let msgs: Vec<(UserId, Arc<str>)> = away.iter().map(|u| (*u, Arc::clone(push))).collect();
             self.bus.publish_many(&msgs).unwrap_or_else(|e| {
@@ -99,7 +105,7 @@ impl Hub {
             vec![false; away.len()]
         };
         let rest = away.iter().zip(published).filter(|(_, taken)| !taken).map(|(u, _)| *u);
-        for user in here.into_iter().chain(rest) {
+        for user in queued.into_iter().chain(rest) {
             self.deliver(user, Arc::clone(push))?;
         }
         Ok(())

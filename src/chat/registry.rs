@@ -55,11 +55,10 @@ pub enum Offer {
     Refused(Route, Vec<Arc<str>>),
 }
 
-/// Where a push for a user goes now.
+/// Where a push that a user's entry did not take live must go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
-    Local(ConnRef),
-    /// Held here, but the mailbox is still being pumped to it: store, the pump follows.
+    /// Held here, but the mailbox is still being drained to it: store, the pump follows.
     Queued,
     /// Not held by a live connection here.
     NotHere,
@@ -80,14 +79,6 @@ impl Registry {
     pub fn lock(&self, user: UserId) -> MutexGuard<'_, ()> {
         let i = (user as u64 % STRIPES as u64) as usize;
         self.stripes[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn route(&self, user: UserId) -> Route {
-        match self.users().get(&user) {
-            Some(Entry::Online { conn, backlog: false, .. }) => Route::Local(*conn),
-            Some(Entry::Online { backlog: true, .. }) => Route::Queued,
-            _ => Route::NotHere,
-        }
     }
 
     /// Whether a live local connection holds `user`.

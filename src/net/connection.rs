@@ -104,23 +104,20 @@ impl<C> Connection<C> {
     /// Queues bytes and writes what the socket takes now; the rest is written when the
     /// socket becomes writable. Dropped once the connection is closing.
     pub fn send(&mut self, bytes: &[u8]) {
+        self.send_parts(&[bytes]);
+    }
+
+    /// `send` of several slices as one stream of bytes, in one write.
+    pub fn send_parts(&mut self, parts: &[&[u8]]) {
         if self.state != State::Open {
             return;
         }
-        self.queued_total += bytes.len() as u64;
-        if self.output.is_empty() && !self.corked {
-            match write_some(&mut self.stream, bytes) {
-                Ok(n) => {
-                    self.written_total += n as u64;
-                    self.output.append(&bytes[n..]);
-                }
-                Err(e) => {
-                    log::debug!("{}: write failed: {e}", self.peer);
-                    self.state = State::Closed;
-                }
-            }
-        } else {
-            self.output.append(bytes);
+        for part in parts {
+            self.queued_total += part.len() as u64;
+            self.output.append(part);
+        }
+        if !self.corked {
+            self.flush();
         }
     }
 

@@ -14,7 +14,7 @@
 //! caller simply calls again when more bytes arrive.
 //!
 //! The decoder also remembers which terminator the client uses, so replies
-//! follow the same convention ([`FrameDecoder::terminator`], [`encode`]).
+//! follow the same convention ([`FrameDecoder::terminator`]).
 //!
 //! One decoder belongs to one connection and is used by the reactor thread
 //! that owns that connection. It is plain data (`Send`), with no locks.
@@ -121,21 +121,33 @@ impl FrameDecoder {
             }
         }
 
-        for i in self.scanned..input.len() {
+        let mut i = self.scanned;
+        while i < input.len() {
             let b = input[i];
             let Some(start) = self.start else {
                 // Between frames: skip separators; anything else must open an object.
                 match b {
-                    0 | b' ' | b'\t' | b'\r' | b'\n' => continue,
+                    0 | b' ' | b'\t' | b'\r' | b'\n' => {}
                     b'{' => {
                         self.start = Some(i);
                         self.depth = 1;
                         self.check_size(1)?;
-                        continue;
                     }
                     _ => return Err(FrameError::NotAnObject),
                 }
+                i += 1;
+                continue;
             };
+
+            // Inside a string only a quote or a backslash matters: skip to the next.
+            if self.in_string && !self.escaped {
+                let plain = input[i..].iter().position(|&c| c == b'"' || c == b'\\').unwrap_or(input.len() - i);
+                if plain > 0 {
+                    i += plain;
+                    self.check_size(i - start)?;
+                    continue;
+                }
+            }
 
             // Reject a giant object as soon as it passes the limit, without
             // waiting for its end.
@@ -164,6 +176,7 @@ impl FrameDecoder {
                     _ => {}
                 }
             }
+            i += 1;
         }
 
         // Incomplete is not an error: keep the state, and tell the caller to
@@ -214,13 +227,6 @@ impl Default for FrameDecoder {
     fn default() -> Self {
         FrameDecoder::new(DEFAULT_MAX_FRAME)
     }
-}
-
-/// Appends `body` and the terminator to `out`.
-pub fn encode(out: &mut Vec<u8>, body: &[u8], terminator: u8) {
-    out.reserve(body.len() + 1);
-    out.extend_from_slice(body);
-    out.push(terminator);
 }
 
 #[cfg(test)]
@@ -451,13 +457,6 @@ mod tests {
         input.extend_from_slice(&object_of(16));
         let mut dec = FrameDecoder::new(16);
         assert_eq!(feed_all(&mut dec, &input).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn encode_appends_terminator() {
-        let mut out = b"{}\n".to_vec();
-        encode(&mut out, b"{\"a\":1}", b'\0');
-        assert_eq!(out, b"{}\n{\"a\":1}\0");
     }
 
     #[test]

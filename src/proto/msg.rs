@@ -233,15 +233,16 @@ pub fn reply(msgid: i64, request: i64, reqid: Option<&Value>, result: Result<Map
 /// A success reply with no result fields (PONG, most ACKs), written directly: the same
 /// bytes `reply` makes through a map (keys in the map's order), without building one.
 fn bare_reply(msgid: i64, request: i64, reqid: Option<&Value>) -> Vec<u8> {
-    use std::io::Write;
     let mut out = Vec::with_capacity(48);
     out.push(b'{');
     if msgid != PONG {
         out.extend_from_slice(b"\"errno\":0,");
     }
-    let _ = write!(out, "\"msgid\":{msgid}");
+    out.extend_from_slice(b"\"msgid\":");
+    let _ = serde_json::to_writer(&mut out, &msgid);
     if msgid == ACK {
-        let _ = write!(out, ",\"req\":{request}");
+        out.extend_from_slice(b",\"req\":");
+        let _ = serde_json::to_writer(&mut out, &request);
     }
     if let Some(reqid) = reqid {
         out.extend_from_slice(b",\"reqid\":");
