@@ -4,7 +4,10 @@
 //!
 //! The ACK is sent only after every recipient has the message delivered or stored.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -39,9 +42,24 @@ struct GroupChatPush<'a> {
     time: &'a str,
 }
 
-/// The server's time stamp, `YYYY-MM-DD HH:MM:SS`, local time.
-fn now() -> String {
-    chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string()
+thread_local! {
+    /// This thread's last time stamp and the Unix second it is for.
+    static STAMP: RefCell<(u64, Rc<str>)> = RefCell::new((u64::MAX, Rc::from("")));
+}
+
+/// The server's time stamp, `YYYY-MM-DD HH:MM:SS`, local time. Formatting it costs more
+/// than the rest of a ONE_CHAT, so each thread formats it once a second.
+fn now() -> Rc<str> {
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    STAMP.with_borrow_mut(|(at, stamp)| {
+        if *at != secs {
+            let local: chrono::DateTime<chrono::Local> = now.into();
+            *stamp = Rc::from(local.format("%Y-%m-%d %H:%M:%S").to_string());
+            *at = secs;
+        }
+        Rc::clone(stamp)
+    })
 }
 
 fn to_text(push: &impl Serialize) -> Result<Arc<str>, Fail> {
