@@ -144,14 +144,9 @@ impl FrameDecoder {
                 let plain = input[i..].iter().position(|&c| c == b'"' || c == b'\\').unwrap_or(input.len() - i);
                 if plain > 0 {
                     i += plain;
-                    self.check_size(i - start)?;
                     continue;
                 }
             }
-
-            // Reject a giant object as soon as it passes the limit, without
-            // waiting for its end.
-            self.check_size(i + 1 - start)?;
 
             if self.in_string {
                 if self.escaped {
@@ -170,6 +165,7 @@ impl FrameDecoder {
                         // the frame ends right then.
                         self.depth -= 1;
                         if self.depth == 0 {
+                            self.check_size(i + 1 - start)?;
                             return Ok(self.cut(input, start, i + 1));
                         }
                     }
@@ -179,6 +175,11 @@ impl FrameDecoder {
             i += 1;
         }
 
+        // Reject a giant object once the bytes so far pass the limit, without
+        // waiting for its end.
+        if let Some(start) = self.start {
+            self.check_size(input.len() - start)?;
+        }
         // Incomplete is not an error: keep the state, and tell the caller to
         // drop the separators before the pending object (all of it if none).
         let consumed = self.start.unwrap_or(input.len());
