@@ -63,6 +63,8 @@ CREATE TABLE IF NOT EXISTS groupuser (
     PRIMARY KEY (groupid, userid)
 );
 CREATE INDEX IF NOT EXISTS groupuser_userid ON groupuser (userid);
+-- Covers a group's member list (every GROUP_CHAT reads it) without a row lookup each.
+CREATE INDEX IF NOT EXISTS groupuser_members ON groupuser (groupid, userid, grouprole);
 CREATE TABLE IF NOT EXISTS offlinemessage (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     userid  INTEGER NOT NULL,
