@@ -2,7 +2,7 @@
 //! here, and the loops through which replies and pushes reach connections.
 //!
 //! Built once in `chat::run` and passed down; no globals. Its methods block and run on
-//! worker threads only.
+//! worker threads only, except `offer` (`delivery`), which any thread may call.
 
 use std::sync::Arc;
 

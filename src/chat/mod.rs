@@ -1,10 +1,13 @@
 //! The chat service: where net, proto, store and bus meet.
 //!
-//! - `frontend` (loop threads): the `net::Handler`; frames in, jobs out.
+//! - `frontend` (loop threads): the `net::Handler`; frames in, jobs out, and ONE_CHAT to
+//!   a user live here handled on the spot (`message::one_chat_now`).
 //! - `worker` + `dispatch` (worker threads): the msgid handler table, and one file per
 //!   group of handlers: `account`, `message`, `friend`, `group`.
-//! - `delivery` (worker threads): live push, bus, or mailbox, exactly once and in order.
-//! - `registry`: who is online on which local connection; per-user delivery locks.
+//! - `delivery` (worker threads; offers from loops too): live push, bus, or mailbox,
+//!   exactly once and in order.
+//! - `registry`: who is online on which local connection, the pushes pending for them;
+//!   per-user delivery locks.
 //! - `server`: builds it all from a `Config` and runs it; `run` is what `main` calls.
 
 mod account;
