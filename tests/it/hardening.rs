@@ -435,3 +435,69 @@ fn random_requests_each_get_one_reply_of_the_right_type() {
     let mut check = s.client();
     assert_eq!(check.call(json!({"msgid": 16})), json!({"msgid": 17}));
 }
+
+/// The number in a flood message `f<n>`, from a push or an offline message (a push's
+/// JSON text in v1).
+fn flood_number(v: &Value) -> u64 {
+    let push: Value = match v {
+        Value::String(text) => serde_json::from_str(text).expect("an offline message is a push's JSON"),
+        other => other.clone(),
+    };
+    push["msg"].as_str().and_then(|m| m.strip_prefix('f')).and_then(|n| n.parse().ok()).expect("a flood message")
+}
+
+#[test]
+fn a_recipient_that_hangs_up_mid_flood_gets_everything_once_in_order() {
+    let s = Server::start(&["--rate-limit", "0"]);
+    let mut c = Client::connect(s.addr);
+    let rid = c.register(&crate::support::unique("hangup"), "pw");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let (stop, addr) = (std::sync::Arc::clone(&stop), s.addr);
+        std::thread::spawn(move || {
+            let mut a = User::at(addr, "flooder");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut sent = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                assert_eq!(a.c.call(json!({"msgid": 6, "toid": rid, "msg": format!("f{sent}")}))["errno"], 0);
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let mut got: Vec<u64> = Vec::new();
+    let login = json!({"msgid": 1, "id": rid, "password": "pw"});
+    for _ in 0..20 {
+        let mut r = Client::connect(s.addr);
+        r.send(&login);
+        let ack = r.read_frame(Duration::from_secs(10)).expect("a LOGIN_ACK");
+        if ack["errno"] != 0 {
+            continue; // errno 2 while the previous session is being torn down
+        }
+        got.extend(ack["offlinemsg"].as_array().into_iter().flatten().map(flood_number));
+        std::thread::sleep(Duration::from_millis(20));
+        // Hang up without LOGINOUT while pushes are on their way, and read what the
+        // server wrote before it saw the hang-up; the rest must wait in the mailbox.
+        r.stream.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        while let crate::support::Polled::Frame(v) = r.poll_frame(Duration::from_secs(10)) {
+            got.push(flood_number(&v));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flood.join().expect("flooder");
+    let mut last = Client::connect(s.addr);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ack = last.call(login.clone());
+    while ack["errno"] == 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        ack = last.call(login.clone());
+    }
+    assert_eq!(ack["errno"], 0, "{ack}");
+    got.extend(ack["offlinemsg"].as_array().into_iter().flatten().map(flood_number));
+    while let crate::support::Polled::Frame(v) = last.poll_frame(Duration::from_millis(500)) {
+        got.push(flood_number(&v));
+    }
+    assert!(sent > 100, "the flood ran: {sent} messages");
+    let expected: Vec<u64> = (0..sent).collect();
+    assert!(got == expected, "every acked message exactly once, in order: got {} of {sent}", got.len());
+}
