@@ -2,6 +2,8 @@
 //!
 //! - `codec`: cuts a byte stream into JSON object frames, and knows the terminator.
 //! - `msg`: message ids, errno values, request fields and reply bodies.
+//! - `fields`: a request's top-level fields, as parsed from its frame.
 
 pub mod codec;
+pub mod fields;
 pub mod msg;

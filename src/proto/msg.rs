@@ -6,6 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use super::fields::{Fields, TopLevel};
+
 pub const LOGIN: i64 = 1;
 pub const LOGIN_ACK: i64 = 2;
 pub const LOGINOUT: i64 = 3;
@@ -86,7 +88,7 @@ impl Fail {
 pub struct Request {
     pub msgid: i64,
     pub reqid: Option<Value>,
-    pub body: Map<String, Value>,
+    pub body: Fields,
     /// A string held an invalid escape (a lone surrogate): the request is malformed.
     pub lossy: bool,
 }
@@ -112,7 +114,7 @@ impl Request {
         let mut lossy = false;
         let value = loop {
             let input = repaired.as_deref().unwrap_or(bytes);
-            let err = match serde_json::from_slice::<Value>(input) {
+            let err = match serde_json::from_slice::<TopLevel>(input) {
                 Ok(v) => break v,
                 Err(e) => e,
             };
@@ -135,7 +137,7 @@ impl Request {
                 _ => return Err(ParseError::NotJson(text)),
             }
         };
-        let Value::Object(body) = value else {
+        let TopLevel::Object(body) = value else {
             return Err(ParseError::NotJson("expected a JSON object".into()));
         };
         let reqid = body.get("reqid").cloned();
