@@ -41,15 +41,10 @@ pub(crate) struct EventLoop<H: Handler> {
     /// Keys whose socket may hold more input: read again without waiting for an event.
     reread: Vec<usize>,
     scratch: Vec<u8>,
-    keepalive: bool,
 }
 
 impl<H: Handler> EventLoop<H> {
-    pub(crate) fn new(
-        index: u32,
-        live: Arc<AtomicUsize>,
-        keepalive: bool,
-    ) -> io::Result<(EventLoop<H>, LoopHandle<H::Context>)> {
+    pub(crate) fn new(index: u32, live: Arc<AtomicUsize>) -> io::Result<(EventLoop<H>, LoopHandle<H::Context>)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -65,7 +60,6 @@ impl<H: Handler> EventLoop<H> {
             live,
             reread: Vec::new(),
             scratch: vec![0; READ_CHUNK],
-            keepalive,
         };
         Ok((el, handle))
     }
@@ -139,21 +133,14 @@ impl<H: Handler> EventLoop<H> {
             self.live.fetch_sub(1, Ordering::AcqRel);
             return;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            log::debug!("{peer}: set_nodelay: {e}");
-        }
-        if self.keepalive {
-            set_keepalive(&stream);
-        }
         self.next_generation = self.next_generation.wrapping_add(1);
         let id = ConnRef { loop_index: self.index, key: key as u32, generation: self.next_generation };
         let ctx = handler.new_context(id);
         let conn = entry.insert(Connection::new(id, stream, peer, ctx));
         handler.on_connection(conn);
+        // Bytes that arrived before registration need no extra read: registering a
+        // ready socket reports it at once, edge-triggered or not.
         self.after_callback(handler, key);
-        // Bytes may have arrived before registration; edge-triggered polling would not
-        // report them again.
-        self.reread.push(key);
     }
 
     /// `hup`: the peer may have closed, so read until the socket says so; otherwise a
@@ -262,24 +249,5 @@ impl<H: Handler> EventLoop<H> {
                 job(None);
             }
         }
-    }
-}
-
-/// Turns on TCP keepalive so a peer that vanished without a FIN is noticed.
-fn set_keepalive(stream: &mio::net::TcpStream) {
-    use std::os::fd::AsRawFd;
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_KEEPALIVE,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        log::debug!("SO_KEEPALIVE: {}", io::Error::last_os_error());
     }
 }
