@@ -192,15 +192,6 @@ impl Request {
             Ok(default)
         }
     }
-
-    /// Fails with 400 when any string held an invalid escape.
-    pub fn check_escapes(&self) -> Result<(), Fail> {
-        if self.lossy {
-            Err(Fail::new(errno::MALFORMED, "a string holds an invalid escape (lone surrogate)"))
-        } else {
-            Ok(())
-        }
-    }
 }
 
 /// Builds a reply body: `{"msgid":type, "errno":.., ..fields}` with `req` on ACKs and the
