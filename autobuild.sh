@@ -29,23 +29,8 @@ build() {
     echo "built: $(cd bin && ls | tr '\n' ' ')"
 }
 
-# The first of the named programs on PATH or in the sbin directories.
-find_bin() {
-    local name dir
-    for name in "$@"; do
-        if command -v "$name" >/dev/null 2>&1; then
-            command -v "$name"
-            return 0
-        fi
-        for dir in /usr/sbin /usr/local/sbin /sbin; do
-            if [ -x "$dir/$name" ]; then
-                echo "$dir/$name"
-                return 0
-            fi
-        done
-    done
-    return 1
-}
+# find_bin NAME...: the first of the named programs on PATH or in the sbin directories.
+source scripts/find_bin.sh
 
 # Whether nginx is there with its stream module, built in or as a loadable module.
 has_nginx_stream() {

@@ -70,23 +70,8 @@ rel() { printf '%s' "${1#"$ROOT"/}"; }
 # ---------------------------------------------------------------------------------
 # Programs.
 
-# The first of the named programs on PATH or in the sbin directories.
-find_bin() {
-    local name dir
-    for name in "$@"; do
-        if command -v "$name" >/dev/null 2>&1; then
-            command -v "$name"
-            return 0
-        fi
-        for dir in /usr/sbin /usr/local/sbin /sbin; do
-            if [ -x "$dir/$name" ]; then
-                say "$dir/$name"
-                return 0
-            fi
-        done
-    done
-    return 1
-}
+# find_bin NAME...: the first of the named programs on PATH or in the sbin directories.
+source "$ROOT/scripts/find_bin.sh"
 
 need_bin() {
     local what=$1

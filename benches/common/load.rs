@@ -182,27 +182,25 @@ pub struct Run {
 
 // ---------------------------------------------------------------- connect
 
+/// Connects and gets one PONG, so the server surely holds the connection.
+async fn connect_with_pong(addr: SocketAddr) -> TcpStream {
+    let mut s = connect(addr).await;
+    s.write_all(PING).await.expect("write ping");
+    let mut frames = Frames::new();
+    loop {
+        if let Some(r) = frames.next_frame() {
+            assert_eq!(wire::msgid(frames.get(r)), Some(17), "expected PONG");
+            return s;
+        }
+        assert!(frames.fill(&mut s).await.expect("read pong"), "closed before PONG");
+    }
+}
+
 /// Opens `n` connections, `concurrency` handshakes at a time, and gets one PONG on
 /// each; connections per second from the first connect to the last PONG.
 pub async fn connect_run(addr: SocketAddr, n: usize, concurrency: usize) -> Run {
     let t0 = Instant::now();
-    let streams = timeout(
-        "connect",
-        parallel((0..n).collect(), concurrency, move |_| async move {
-            let mut s = connect(addr).await;
-            s.write_all(PING).await.expect("write ping");
-            let mut frames = Frames::new();
-            loop {
-                if let Some(r) = frames.next_frame() {
-                    assert_eq!(wire::msgid(frames.get(r)), Some(17), "expected PONG");
-                    break;
-                }
-                assert!(frames.fill(&mut s).await.expect("read pong"), "closed before PONG");
-            }
-            s
-        }),
-    )
-    .await;
+    let streams = timeout("connect", parallel((0..n).collect(), concurrency, move |_| connect_with_pong(addr))).await;
     let wall = t0.elapsed().as_secs_f64();
     for s in streams {
         close_hard(s);
@@ -623,21 +621,5 @@ impl FanoutRig {
 /// Opens `n` connections (one PING/PONG each, so the server has them all) and keeps
 /// them; the caller measures, then drops them.
 pub async fn open_idle(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
-    timeout(
-        "idle connect",
-        parallel((0..n).collect(), 100, move |_| async move {
-            let mut s = connect(addr).await;
-            s.write_all(PING).await.expect("write ping");
-            let mut frames = Frames::new();
-            loop {
-                if let Some(r) = frames.next_frame() {
-                    assert_eq!(wire::msgid(frames.get(r)), Some(17), "expected PONG");
-                    break;
-                }
-                assert!(frames.fill(&mut s).await.expect("read pong"), "closed before PONG");
-            }
-            s
-        }),
-    )
-    .await
+    timeout("idle connect", parallel((0..n).collect(), 100, move |_| connect_with_pong(addr))).await
 }

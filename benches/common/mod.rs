@@ -3,4 +3,7 @@
 pub mod load;
 pub mod peer;
 pub mod server;
+/// The integration tests' way of starting a server and learning its address.
+#[path = "../../tests/it/support/spawn.rs"]
+pub mod spawn;
 pub mod wire;

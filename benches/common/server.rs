@@ -1,12 +1,13 @@
 //! Starting the servers under test as child processes, and reading their memory and
 //! CPU from /proc. Both are killed (SIGKILL) when dropped, also on panic.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::spawn::{spawn_listening, Spawned};
 
 /// Which server: ours (the release `ChatServer`) or the tokio peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub struct Server {
 impl Server {
     /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads.
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
-        let (mut cmd, dir) = match kind {
+        let (cmd, dir) = match kind {
             Kind::Ours => {
                 let dir = TempDir::new();
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
@@ -77,39 +78,8 @@ impl Server {
                 (cmd, None)
             }
         };
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start the {} server: {e}", kind.name()));
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.trim().parse::<SocketAddr>()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
-                if log.len() < 1 << 20 {
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "the {} server did not start: {}",
-                    kind.name(),
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                );
-            }
-        };
+        let what = format!("the {} server", kind.name());
+        let Spawned { child, addr, log } = spawn_listening(cmd, &what, Duration::from_secs(20), 1 << 20);
         Server { kind, addr, child, log, _dir: dir }
     }
 

@@ -452,19 +452,7 @@ fn a_recipient_that_hangs_up_mid_flood_gets_everything_once_in_order() {
     let mut c = Client::connect(s.addr);
     let rid = c.register(&crate::support::unique("hangup"), "pw");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = {
-        let (stop, addr) = (std::sync::Arc::clone(&stop), s.addr);
-        std::thread::spawn(move || {
-            let mut a = User::at(addr, "flooder");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            let mut sent = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                assert_eq!(a.c.call(json!({"msgid": 6, "toid": rid, "msg": format!("f{sent}")}))["errno"], 0);
-                sent += 1;
-            }
-            sent
-        })
-    };
+    let flood = crate::support::flood(s.addr, rid, std::sync::Arc::clone(&stop));
     let mut got: Vec<u64> = Vec::new();
     let login = json!({"msgid": 1, "id": rid, "password": "pw"});
     for _ in 0..20 {

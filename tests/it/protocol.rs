@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{unique, Client, Polled, Server, User};
+use crate::support::{flood, unique, Client, Polled, Server, User};
 
 fn ack(r: &Value, req: i64) -> i64 {
     assert_eq!(r["msgid"], 15, "not an ACK: {r}");
@@ -497,19 +497,7 @@ fn nothing_is_pushed_before_login_ack_even_mid_flood() {
     let mut c = Client::connect(s.addr);
     let rid = c.register(&unique("target"), "pw");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flood = {
-        let (stop, addr) = (std::sync::Arc::clone(&stop), s.next_addr());
-        std::thread::spawn(move || {
-            let mut a = User::at(addr, "flooder");
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            let mut sent = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                assert_eq!(a.c.call(json!({"msgid": 6, "toid": rid, "msg": format!("f{sent}")}))["errno"], 0);
-                sent += 1;
-            }
-            sent
-        })
-    };
+    let flood = flood(s.next_addr(), rid, std::sync::Arc::clone(&stop));
     let mut received = 0u64;
     for _ in 0..30 {
         let mut r = Client::connect(s.next_addr());

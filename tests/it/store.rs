@@ -532,10 +532,12 @@ fn concurrent_create_user_one_wins(s: &dyn Store) {
 }
 
 /// One thread pushes while two take: each message is returned exactly once and
-/// every taker sees its share in push order.
+/// every taker sees its share in push order; another user's mail, pushed in the same
+/// batches, is not taken.
 fn concurrent_take_offline_is_exact(s: &dyn Store) {
     const TOTAL: usize = 600;
     let a = user(s, "alice");
+    let b = user(s, "bob");
     let done = AtomicBool::new(false);
     let taken: Vec<Vec<String>> = std::thread::scope(|scope| {
         let done = &done;
@@ -554,7 +556,8 @@ fn concurrent_take_offline_is_exact(s: &dyn Store) {
             })
             .collect();
         for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(3) {
-            let batch: Vec<(UserId, String)> = chunk.iter().map(|i| (a, format!("m{i:04}"))).collect();
+            let batch: Vec<(UserId, String)> =
+                chunk.iter().flat_map(|i| [(a, format!("m{i:04}")), (b, format!("other {i}"))]).collect();
             s.push_offline(&batch).unwrap();
         }
         done.store(true, Ordering::SeqCst);
@@ -569,6 +572,7 @@ fn concurrent_take_offline_is_exact(s: &dyn Store) {
     }
     assert_eq!(seen.len(), TOTAL, "messages lost");
     assert_eq!(s.take_offline(a).unwrap(), Vec::<String>::new());
+    assert_eq!(s.take_offline(b).unwrap().len(), TOTAL, "another user's mail was taken");
 }
 
 // ---------------------------------------------------------------------------------

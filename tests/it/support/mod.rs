@@ -10,11 +10,12 @@
 #![allow(dead_code)]
 
 pub mod services;
+pub mod spawn;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,35 +184,8 @@ impl Server {
         let mut cmd = Command::new(bin("ChatServer"));
         cmd.args(["127.0.0.1", "0", "--db", db])
             .args(args)
-            .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ChatServer");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    if let (Some(tx), Ok(addr)) = (tx.take(), addr.trim().parse::<SocketAddr>()) {
-                        let _ = tx.send(addr);
-                    }
-                }
-                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(WAIT) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("ChatServer did not start: {}", log.lock().map(|l| l.clone()).unwrap_or_default());
-            }
-        };
+            .env("RUST_LOG", std::env::var("CHAT_TEST_LOG").unwrap_or_else(|_| "info".into()));
+        let spawn::Spawned { child, addr, log } = spawn::spawn_listening(cmd, "ChatServer", WAIT, usize::MAX);
         Server {
             addr,
             child: Some(child),
@@ -471,4 +445,20 @@ impl User {
         c.login(id, "pw");
         User { id, name, c }
     }
+}
+
+/// A thread that registers a user at `addr` and sends `to` ONE_CHATs "f0", "f1", ...,
+/// each ACKed with errno 0, until `stop` is raised or 20 s pass; it ends with the number
+/// sent.
+pub fn flood(addr: SocketAddr, to: i64, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut a = User::at(addr, "flooder");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0u64;
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            assert_eq!(a.c.call(json!({"msgid": 6, "toid": to, "msg": format!("f{sent}")}))["errno"], 0);
+            sent += 1;
+        }
+        sent
+    })
 }
