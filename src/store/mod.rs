@@ -1,4 +1,5 @@
-//! The model layer: users, friends, groups and their members, and the offline mailbox.
+//! The model layer: users, friends, groups and their members, and the message log with
+//! each user's inbox (what is owed to them).
 //!
 //! One trait, [`Store`], with one implementation per backend. Every method is
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
@@ -15,6 +16,55 @@ use std::sync::Arc;
 
 pub type UserId = i64;
 pub type GroupId = i64;
+/// A message's id in the log: unique across the cluster, in 1..2^53, never reused.
+pub type Mid = i64;
+
+/// Where a message goes: one user (the other side of a one-to-one conversation, seen
+/// from the sender) or a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Conversation {
+    Peer(UserId),
+    Group(GroupId),
+}
+
+/// A message to append to the log (see [`Store::append`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub sender: UserId,
+    /// The sender's name when it was sent (pushes and history show it).
+    pub sender_name: String,
+    pub to: Conversation,
+    pub text: String,
+    /// The server's stamp, `YYYY-MM-DD HH:MM:SS` (what pushes carry as `time`).
+    pub time: String,
+    /// Seconds since the Unix epoch when accepted (what `expire` compares).
+    pub unix_time: i64,
+    /// The client's id for the message (1-64 characters), unique per sender.
+    pub cmid: Option<String>,
+    /// Whom the message is owed to: one inbox row each, in the same transaction.
+    pub recipients: Vec<UserId>,
+}
+
+/// A message as the log holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub mid: Mid,
+    pub sender: UserId,
+    pub sender_name: String,
+    pub to: Conversation,
+    pub text: String,
+    pub time: String,
+}
+
+/// What [`Store::append`] made of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub mid: Mid,
+    pub time: String,
+    /// False when the sender's `cmid` was already in the log: `mid` and `time` are the
+    /// first message's, and nothing was written.
+    pub first: bool,
+}
 
 /// A user as others see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +187,35 @@ pub trait Store: Send + Sync {
     fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>>;
     /// Removes exactly these rows of `user`'s mailbox, in one transaction.
     fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()>;
+
+    /// Appends messages to the log, in the given order, in one transaction (one commit:
+    /// the group commit of many senders' messages). Each gets a new mid, larger than
+    /// every mid this call or an earlier one on this server gave, and one inbox row per
+    /// recipient. A message whose `(sender, cmid)` is already in the log is not written:
+    /// its `Accepted` carries the first one's mid and time with `first: false` (also
+    /// when the first is earlier in the same slice).
+    fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Accepted>>;
+    /// Up to `limit` messages owed to `user` (in their inbox) with mid > `after`, by mid,
+    /// oldest first.
+    fn inbox(&self, user: UserId, after: Mid, limit: usize) -> Result<Vec<Message>>;
+    /// Removes these mids from `user`'s inbox (delivered, or confirmed); unknown ones
+    /// are ignored. One transaction.
+    fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()>;
+    /// A page of history: the newest `limit` messages of the conversation with mid <
+    /// `before` (all when `None`), oldest first, and whether older ones exist.
+    /// `Peer(p)` is the conversation between `me` and `p`, both directions (`p` may be
+    /// `me`); `Group(g)` all of g's messages. Costs the same on the millionth message
+    /// as on the first (an index per conversation).
+    fn history(
+        &self,
+        me: UserId,
+        conv: Conversation,
+        before: Option<Mid>,
+        limit: usize,
+    ) -> Result<(Vec<Message>, bool)>;
+    /// Deletes messages accepted before `unix_time` (seconds), with their inbox rows.
+    /// Returns how many messages went.
+    fn expire(&self, unix_time: i64) -> Result<usize>;
 }
 
 /// Connections a pooled backend opens at most when [`open`] is not told otherwise.

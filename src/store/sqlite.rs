@@ -25,7 +25,10 @@ use std::time::Duration;
 
 use rusqlite::{ffi, params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
-use super::{Credentials, Group, GroupId, Member, Result, Role, Store, StoreError, User, UserId};
+use super::{
+    Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
+    StoreError, User, UserId,
+};
 
 /// Connections in the pool of a file database.
 const POOL_SIZE: usize = 4;
@@ -532,6 +535,32 @@ impl Store for SqliteStore {
 
     fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
         self.write(|tx| ids.iter().try_for_each(|id| delete_offline_row(tx, user, *id).map(drop)))
+    }
+
+    fn append(&self, _msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
+        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    }
+
+    fn inbox(&self, _user: UserId, _after: Mid, _limit: usize) -> Result<Vec<Message>> {
+        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    }
+
+    fn settle(&self, _user: UserId, _mids: &[Mid]) -> Result<()> {
+        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    }
+
+    fn history(
+        &self,
+        _me: UserId,
+        _conv: Conversation,
+        _before: Option<Mid>,
+        _limit: usize,
+    ) -> Result<(Vec<Message>, bool)> {
+        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    }
+
+    fn expire(&self, _unix_time: i64) -> Result<usize> {
+        Err(StoreError::Unavailable("message log not implemented yet".into()))
     }
 }
 
