@@ -1,6 +1,6 @@
 //! `LocalBus`: the bus of a server with no cluster around it. No other server exists,
-//! so nothing is published, nobody is online elsewhere, and every remote delivery
-//! falls back to the mailbox.
+//! so nothing is published, nobody is online elsewhere, and a message for a user not
+//! here waits in their inbox.
 
 use super::{Bus, BusError};
 use crate::store::UserId;
@@ -9,6 +9,10 @@ use crate::store::UserId;
 pub struct LocalBus;
 
 impl Bus for LocalBus {
+    fn is_clustered(&self) -> bool {
+        false
+    }
+
     fn publish(&self, _user: UserId, _push: &str) -> Result<bool, BusError> {
         Ok(false)
     }

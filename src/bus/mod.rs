@@ -49,6 +49,11 @@ pub trait Inbox: Send + Sync {
 }
 
 pub trait Bus: Send + Sync {
+    /// Whether other servers may hold users (false for a lone server: publishing would
+    /// reach nobody).
+    fn is_clustered(&self) -> bool {
+        true
+    }
     /// Hands a push for `user` to the server that holds them. `Ok(false)` when no
     /// server does: the caller stores it.
     fn publish(&self, user: UserId, push: &str) -> Result<bool, BusError>;

@@ -1,8 +1,9 @@
 //! REG, LOGIN, LOGINOUT and PING, and a connection's end (a disconnect is a LOGINOUT).
 //!
 //! Worker threads. LOGIN makes the user reachable first (registry, bus subscription),
-//! then drains the mailbox into its LOGIN_ACK, all under the user's delivery lock, so a
-//! message sent meanwhile is either in the LOGIN_ACK or pushed after it.
+//! then reads the inbox into its LOGIN_ACK, all under the user's delivery lock, so a
+//! message committed meanwhile is either in the LOGIN_ACK or pushed after it (and not
+//! both: the registry drops a late offer of a message the LOGIN_ACK carried).
 
 use std::sync::Arc;
 
@@ -12,11 +13,13 @@ use super::conn_state::{send_frame, send_tracked};
 use super::delivery::flush_pending;
 use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
+use super::message::push_of;
 use super::password;
+use super::registry::Push;
 use super::session::Session;
 use crate::net::ConnRef;
 use crate::proto::msg::{self, errno, reply, Fail, Request};
-use crate::store::{Group, User, UserId};
+use crate::store::{Group, Mid, User, UserId};
 
 pub const NAME_MAX: usize = 50;
 pub const PASSWORD_MAX: usize = 128;
@@ -24,7 +27,7 @@ pub const PASSWORD_MAX: usize = 128;
 /// pushes.
 pub const LOGIN_BATCH: usize = 200;
 
-pub fn register(hub: &Hub, _s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn register(hub: &Arc<Hub>, _s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let name = req.string("name", 1, NAME_MAX)?;
     let password = req.string("password", 1, PASSWORD_MAX)?;
     let hash = password::hash(password).ok_or_else(|| Fail::new(errno::UNAVAILABLE, "cannot hash the password"))?;
@@ -35,11 +38,11 @@ pub fn register(hub: &Hub, _s: &mut Session, _conn: ConnRef, req: &Request) -> R
     }
 }
 
-pub fn ping(_hub: &Hub, _s: &mut Session, _conn: ConnRef, _req: &Request) -> Result<Outcome, Fail> {
+pub fn ping(_hub: &Arc<Hub>, _s: &mut Session, _conn: ConnRef, _req: &Request) -> Result<Outcome, Fail> {
     Ok(Outcome::Reply(Default::default()))
 }
 
-pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn login(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let id = req.int("id")?;
     let password = req.string("password", 0, usize::MAX)?;
     let v2 = req.body.get("v").and_then(Value::as_i64) == Some(2);
@@ -66,45 +69,35 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     {
         return Err(busy());
     }
-    // What an earlier connection of this user left unsent goes to the mailbox first.
-    hub.store_for(id, Vec::new())?;
     hub.registry.connect(id, conn).map_err(|_| busy())?;
     // Makes the user unreachable here again: every failure from here on, and a
-    // connection that vanished meanwhile, undo what was done.
+    // connection that vanished meanwhile, undo what was done. Nothing is lost: whatever
+    // was offered meanwhile is still in the inbox.
     let undo = || {
-        let waiting = hub.registry.take_waiting(id);
-        if let Err(f) = hub.store_for(id, waiting) {
-            log::error!("pushes for {id} taken during a failed login are lost: {}", f.errmsg);
-        }
         hub.registry.disconnect(id, conn);
         let _ = hub.bus.unsubscribe(id);
         let _ = hub.bus.release(id);
     };
-    hub.bus.subscribe(id).map_err(|e| {
+    let fail = |f: Fail| {
         undo();
-        Fail::new(errno::UNAVAILABLE, e.to_string())
-    })?;
-    if let Err(e) = hub.store.set_online(&[id], true) {
-        undo();
-        return Err(unavailable(e));
+        f
+    };
+    hub.bus.subscribe(id).map_err(|e| fail(Fail::new(errno::UNAVAILABLE, e.to_string())))?;
+    hub.store.set_online(&[id], true).map_err(|e| fail(unavailable(e)))?;
+    let friends = hub.store.friends(id).map_err(|e| fail(unavailable(e)))?;
+    let groups = hub.store.user_groups(id).map_err(|e| fail(unavailable(e)))?;
+    // Reachable now: anything committed from here on is offered (and held while the
+    // backlog lasts). The oldest page of the inbox goes in the LOGIN_ACK, the rest is
+    // pumped after it. What an earlier session of this server wrote is settled first.
+    hub.writer.barrier();
+    let owed = hub.store.inbox(id, 0, LOGIN_BATCH).map_err(|e| fail(unavailable(e)))?;
+    let offline: Vec<Push> = owed.iter().map(push_of).collect();
+    let mids: Vec<Mid> = offline.iter().map(|p| p.mid).collect();
+    hub.registry.handed(id, conn, &mids);
+    let backlog = mids.len() == LOGIN_BATCH;
+    if !backlog {
+        hub.registry.open(id, conn);
     }
-    let (friends, groups) = match hub.store.friends(id).and_then(|f| Ok((f, hub.store.user_groups(id)?))) {
-        Ok(x) => x,
-        Err(e) => {
-            undo();
-            return Err(unavailable(e));
-        }
-    };
-    // The oldest page of the mailbox goes in the LOGIN_ACK; the rest is pumped after it.
-    let (ids, offline): (Vec<i64>, Vec<Arc<str>>) = match hub.store.peek_offline(id, LOGIN_BATCH) {
-        Ok(rows) => rows.into_iter().map(|(row, m)| (row, Arc::from(m))).unzip(),
-        Err(e) => {
-            undo();
-            return Err(unavailable(e));
-        }
-    };
-    let backlog = ids.len() == LOGIN_BATCH;
-    hub.registry.set_backlog(id, conn, backlog);
 
     let ack = login_ack(&creds.name, id, &friends, &groups, &offline, v2);
     let body = reply(msg::LOGIN_ACK, msg::LOGIN, req.reqid.as_ref(), Ok(ack));
@@ -112,112 +105,64 @@ pub fn login(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result
     let handed = hub.run_on_conn(conn, move |c| {
         c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
         c.ctx.user = Some(id);
+        c.ctx.v2 = v2;
         c.ctx.name = name;
-        send_tracked(c, &body, id, offline);
-        // Live pushes offered since the backlog was cleared, and found no user here yet.
+        send_tracked(c, &body, id, mids);
+        // Live pushes offered since the entry opened, and found no user here yet.
         flush_pending(&registry, c);
         let caught_up = c.unsent() == 0;
         c.ctx.want_pump |= backlog && !caught_up;
         Some(caught_up)
     });
     let Some(caught_up) = handed else {
-        // The connection went away while we logged it in: nothing was handed over.
+        // The connection went away while we logged it in.
         undo();
         let _ = hub.store.set_online(&[id], false);
         return Ok(Outcome::Sent);
     };
-    if let Err(e) = hub.store.remove_offline(id, &ids) {
-        log::error!("mailbox of {id}: {e}; {} handed messages may come again", ids.len());
-    }
     s.user = Some((id, creds.name));
     drop(_lock);
     if backlog && caught_up {
-        hub.pump(conn, id);
+        hub.pump(conn, id, false);
     }
     Ok(Outcome::Sent)
 }
 
-pub fn loginout(hub: &Hub, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn loginout(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let (id, _) = s.me(req)?;
-    hub.logout(id, conn)?;
-    s.user = None;
     let body = reply(msg::ACK, msg::LOGINOUT, req.reqid.as_ref(), Ok(Default::default()));
     hub.loops.run(conn, move |c| {
         if let Some(c) = c {
             c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
-            c.ctx.user = None;
+            let written = c.written();
+            c.ctx.end_session(written);
             send_frame(c, &body);
         }
     });
+    hub.logout(id, conn);
+    s.user = None;
     Ok(Outcome::Sent)
 }
 
 impl Hub {
-    /// `user` on `conn` is no longer reachable here: stores what the connection left
-    /// unsent, leaves the registry and the bus, and marks the user offline.
-    fn logout(&self, user: UserId, conn: ConnRef) -> Result<(), Fail> {
+    /// `user`'s session on `conn` has ended (its loop has queued the settles of what it
+    /// wrote): once those are committed, the user is no longer reachable here, and
+    /// another session, here or on another server, may read the inbox.
+    pub fn logout(&self, user: UserId, conn: ConnRef) {
         let _lock = self.registry.lock(user);
-        if !self.registry.is_entry_of(user, conn) {
-            return Ok(()); // another connection holds the user now
+        if !self.registry.holds(user, conn) {
+            return; // another connection holds the user now
         }
-        // Take no more live pushes: senders' loops offer them without the lock.
-        self.registry.set_backlog(user, conn, true);
-        let left = self.leave(user, conn);
-        if left.is_err() {
-            // Still logged in: written what could not be stored, and closed to live
-            // pushes until the pump has drained the mailbox again.
-            let registry = Arc::clone(&self.registry);
-            self.loops.run(conn, move |c| {
-                if let Some(c) = c {
-                    flush_pending(&registry, c);
-                    c.ctx.want_pump = true;
-                }
-            });
-        }
-        left
-    }
-
-    /// Unsent pushes first; then leave the bus, so nothing more arrives; then store what
-    /// arrived meanwhile. Only then may others find the user gone and store newer mail
-    /// behind these. On failure the entry stays: whoever next holds the lock stores its
-    /// leftovers. Hold `user`'s lock.
-    fn leave(&self, user: UserId, conn: ConnRef) -> Result<(), Fail> {
-        self.store_for(user, Vec::new())?;
+        self.writer.barrier();
+        self.registry.disconnect(user, conn);
         if let Err(e) = self.bus.unsubscribe(user) {
             log::warn!("unsubscribe {user}: {e}");
         }
-        let waiting = self.registry.take_waiting(user);
-        if let Err(f) = self.store_for(user, waiting.clone()) {
-            self.registry.restore_waiting(user, waiting);
-            return Err(f);
-        }
-        self.registry.disconnect(user, conn);
         if let Err(e) = self.bus.release(user) {
             log::warn!("release {user}: {e}");
         }
-        self.store.set_online(&[user], false).map_err(unavailable)
-    }
-
-    /// A connection ended: as LOGINOUT for its user, and its unwritten messages (for
-    /// whichever user they were handed) go back to their mailboxes.
-    pub fn connection_closed(&self, conn: ConnRef, user: Option<UserId>, unsent: Vec<(UserId, Arc<str>)>) {
-        let mut by_user: Vec<(UserId, Vec<Arc<str>>)> = Vec::new();
-        for (u, m) in unsent {
-            match by_user.last_mut() {
-                Some((last, msgs)) if *last == u => msgs.push(m),
-                _ => by_user.push((u, vec![m])),
-            }
-        }
-        for (u, msgs) in by_user {
-            let _lock = self.registry.lock(u);
-            if let Err(f) = self.store_for(u, msgs) {
-                log::error!("messages for {u} left unsent by a closed connection are lost: {}", f.errmsg);
-            }
-        }
-        if let Some(user) = user {
-            if let Err(f) = self.logout(user, conn) {
-                log::warn!("logout of {user}: {}", f.errmsg);
-            }
+        if let Err(e) = self.store.set_online(&[user], false) {
+            log::warn!("cannot mark {user} offline: {e}");
         }
     }
 }
@@ -236,18 +181,18 @@ fn login_ack(
     id: UserId,
     friends: &[User],
     groups: &[Group],
-    offline: &[Arc<str>],
+    offline: &[Push],
     v2: bool,
 ) -> serde_json::Map<String, Value> {
     let mut ack = fields([("id", id.into()), ("name", name.into())]);
     if !offline.is_empty() {
         let msgs = offline
             .iter()
-            .map(|m| {
+            .map(|p| {
                 if v2 {
-                    serde_json::from_str(m).unwrap_or_else(|_| Value::String(m.to_string()))
+                    serde_json::from_str(&p.text).unwrap_or_else(|_| Value::String(p.text.to_string()))
                 } else {
-                    Value::String(m.to_string())
+                    Value::String(p.text.to_string())
                 }
             })
             .collect();

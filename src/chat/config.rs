@@ -47,6 +47,13 @@ pub struct Config {
     /// Seconds a logged-in connection may stay silent; 0 (the default) turns it off.
     #[arg(long, default_value_t = 0)]
     pub idle_timeout: u64,
+    /// v2 pushes one session may have unconfirmed (RECEIVED); past it, the session is
+    /// closed as a slow reader and gets them again at its next login.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_unconfirmed: u64,
+    /// Days of history kept: older messages are deleted (hourly). 0 keeps everything.
+    #[arg(long, default_value_t = 0)]
+    pub history_days: u64,
     /// Connections open at once; past it new ones are closed on accept.
     #[arg(long, default_value_t = 100_000)]
     pub max_conns: usize,

@@ -1,164 +1,111 @@
-//! Delivery: a push reaches its recipient live, or the mailbox, exactly once.
+//! Delivery: every message is owed before it is pushed; pushes are how it gets there
+//! fast.
 //!
-//! Runs on worker threads, under the recipient's delivery lock (see `registry`):
+//! A message reaches delivery only once the log writer has committed it together with
+//! one inbox row per recipient (see `message`). From then on the inbox is the truth:
+//! a row leaves it when the message was written into a v1 session's socket, or when a
+//! v2 session confirmed it (RECEIVED). Everything below only moves copies:
 //!
-//! 1. recipient held by a live local connection with its mailbox drained → `offer` the
-//!    push to its registry entry; the connection's loop writes it out (`flush_pending`).
-//!    From then on it is the connection's: it goes back to the mailbox if the socket
-//!    never takes it;
-//! 2. else publish on the bus; a server that holds the recipient takes it;
-//! 3. else store it in the mailbox, after any pushes a closed connection left unsent,
-//!    and ring the doorbell.
-//!
-//! A message is acknowledged to its sender only after one of these succeeded. Step 1
-//! needs neither the lock nor a worker, so a sender's loop may do it itself (see
-//! `message::one_chat_now`).
-//!
-//! A mailbox too large for one LOGIN_ACK is pumped: the registry marks the user
-//! backlogged (new mail is stored behind the backlog, never overtakes it), and batches
-//! go out as pushes whenever the connection has written the previous one (the loop's
-//! write-complete callback, or its tick, dispatches the next `pump`). Rows leave the
-//! mailbox only once handed to the connection.
+//! 1. `fan_out` (on the writer thread, after the commit): recipients live here get the
+//!    push offered to their registry entry, and their loop writes it; for the others it
+//!    is published on the bus (by a worker), and a server that holds them offers it.
+//!    Nobody holding the recipient is not an error: the row waits for their login.
+//! 2. LOGIN hands the oldest owed messages over in its LOGIN_ACK; the rest is `pump`ed
+//!    in batches, each once the connection has written the previous one. Meanwhile the
+//!    entry is backlogged, so live pushes cannot overtake older owed ones (registry).
+//! 3. A push lost on the way (the bus dropped it, the recipient's connection closed
+//!    before writing it, a server was killed) is still in the inbox: it comes at the
+//!    next login, or when the bus reconnects (`doorbell`: the pump reads the inbox again).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use super::conn_state::{send_pushes, ConnState};
-use super::hub::{unavailable, Hub};
-use super::registry::{Offer, Registry, Route};
+use super::hub::Hub;
+use super::message::push_of;
+use super::registry::{Offer, Push, Registry};
+use super::worker::Job;
 use crate::net::{ConnRef, Connection};
-use crate::proto::msg::Fail;
 use crate::store::UserId;
 
-/// How long a sender waits for another server to finish storing a user's last
-/// messages before storing its own behind them.
-const PRESENCE_WAIT: Duration = Duration::from_secs(2);
-
-/// Mailbox rows per pumped batch (a message is at most ~16 KB).
+/// Inbox rows per pumped batch (a message is at most ~16 KB).
 pub const PUMP_BATCH: usize = 64;
 
 impl Hub {
-    /// Delivers `push` (a push object's JSON text) to `to`.
-    pub fn deliver(&self, to: UserId, push: Arc<str>) -> Result<(), Fail> {
-        let _lock = self.registry.lock(to);
-        match self.offer(to, vec![push]) {
-            Ok(()) => Ok(()),
-            Err((Route::Queued, msgs)) => self.store_for(to, msgs),
-            Err((_, msgs)) => {
-                for push in msgs {
-                    if !self.publish(to, &push) {
-                        self.store_and_ring(to, push)?;
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Offers live pushes to `to` (see `Registry::offer`), and has its loop write them.
-    /// Any thread; `Err` gives them back with where they must go instead.
-    pub fn offer(&self, to: UserId, msgs: Vec<Arc<str>>) -> Result<(), (Route, Vec<Arc<str>>)> {
-        match self.registry.offer(to, msgs) {
-            Offer::Queued => Ok(()),
+    /// Offers `push` to `to` live here, and has its loop write it. Any thread.
+    pub fn offer(&self, to: UserId, push: Push) -> bool {
+        match self.registry.offer(to, push) {
+            Offer::Taken => true,
             Offer::Flush(conn) => {
-                let registry = Arc::clone(&self.registry);
-                self.loops.run(conn, move |c| {
-                    if let Some(c) = c {
-                        flush_pending(&registry, c);
-                    }
-                });
-                Ok(())
+                self.flush_on_loop(conn);
+                true
             }
-            Offer::Refused(route, msgs) => Err((route, msgs)),
+            Offer::NotHere => false,
         }
     }
 
-    /// Stores `push` for `to`, then tells whichever server holds `to` (a lost doorbell
-    /// only delays delivery to the next login or resubscription). Hold `to`'s lock.
-    fn store_and_ring(&self, to: UserId, push: Arc<str>) -> Result<(), Fail> {
-        self.store_for(to, vec![push])?;
-        if let Err(e) = self.bus.ring(to) {
-            log::warn!("{e}; doorbell for {to} not rung");
-        }
-        Ok(())
+    fn flush_on_loop(&self, conn: ConnRef) {
+        let registry = Arc::clone(&self.registry);
+        self.loops.run(conn, move |c| {
+            if let Some(c) = c {
+                flush_pending(&registry, c);
+            }
+        });
     }
 
-    /// Delivers one push to many users: offered at once to those live here; the copies
-    /// for users not held here are published in one round trip; the rest, and any copy
-    /// no server took, go through `deliver`.
-    pub fn deliver_to_many(&self, users: &[UserId], push: &Arc<str>) -> Result<(), Fail> {
-        let (mut queued, mut away) = (Vec::new(), Vec::new());
-        for &user in users {
-            match self.offer(user, vec![Arc::clone(push)]) {
-                Ok(()) => {}
-                Err((Route::Queued, _)) => queued.push(user),
-                Err(_) => away.push(user),
-            }
+    /// A committed message's push to its recipients: offered to those live here, and
+    /// published for the others by a worker (keyed by the sender, so one sender's
+    /// messages are published in order). Writer thread; never blocks.
+    pub fn fan_out(&self, recipients: &[UserId], push: Push, sender: UserId) {
+        let away: Vec<UserId> = recipients.iter().copied().filter(|u| !self.offer(*u, push.clone())).collect();
+        if away.is_empty() || !self.bus.is_clustered() {
+            return;
         }
-        let published = if away.len() > 1 {
-            let msgs: Vec<(UserId, Arc<str>)> = away.iter().map(|u| (*u, Arc::clone(push))).collect();
-            self.bus.publish_many(&msgs).unwrap_or_else(|e| {
-                log::warn!("{e}; delivering one by one");
-                vec![false; away.len()]
-            })
-        } else {
-            vec![false; away.len()]
-        };
-        let rest = away.iter().zip(published).filter(|(_, taken)| !taken).map(|(u, _)| *u);
-        for user in queued.into_iter().chain(rest) {
-            self.deliver(user, Arc::clone(push))?;
+        match self.workers.get() {
+            Some(workers) => workers.dispatch(super::remote::user_key(sender), Job::Publish(away, push)),
+            None => log::warn!("no workers to publish a message; its recipients get it at their next login"),
         }
-        Ok(())
     }
 
-    /// Publishes `push` for `to`; true when a server took it. When none did but one
-    /// still holds `to`'s presence (it is storing what reached it, or logging `to` in),
-    /// tries again: storing now could put this message ahead of those.
-    fn publish(&self, to: UserId, push: &str) -> bool {
-        let deadline = Instant::now() + PRESENCE_WAIT;
-        loop {
-            match self.bus.publish(to, push) {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(e) => {
-                    log::warn!("{e}; storing the message for {to}");
-                    return false;
-                }
-            }
-            if Instant::now() >= deadline || !self.bus.online_elsewhere(to).unwrap_or(false) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(2));
+    /// Publishes `push` for users held elsewhere (or nowhere), in one round trip.
+    /// Worker threads. A failure costs latency only: the message is in their inbox.
+    pub fn publish(&self, users: &[UserId], push: &Push) {
+        let msgs: Vec<(UserId, Arc<str>)> = users.iter().map(|u| (*u, Arc::clone(&push.text))).collect();
+        if let Err(e) = self.bus.publish_many(&msgs) {
+            log::warn!("{e}; {} recipients get message {} at their next login", users.len(), push.mid);
         }
     }
 
     /// Writes a pumped batch to `conn` and waits until it did, if `conn` still holds `to`.
     /// `None` when it does not; else whether the socket took them all at once. If it did
     /// not, the connection asks for the next pump once it has written them.
-    fn hand_over(&self, conn: ConnRef, to: UserId, msgs: Vec<Arc<str>>) -> Option<bool> {
+    fn hand_over(&self, conn: ConnRef, to: UserId, pushes: Vec<Push>) -> Option<bool> {
         self.run_on_conn(conn, move |c| {
             if c.ctx.user != Some(to) {
                 return None;
             }
-            send_pushes(c, to, msgs);
+            send_pushes(c, to, pushes);
             let caught_up = c.unsent() == 0;
             c.ctx.want_pump |= !caught_up;
             Some(caught_up)
         })
     }
 
-    /// Hands `user`'s mailbox to `conn`, a batch at a time, while the socket keeps up;
-    /// clears the backlog once the mailbox is empty.
-    pub fn pump(&self, conn: ConnRef, user: UserId) {
+    /// Hands `user`'s inbox to `conn`, a batch at a time, while the socket keeps up;
+    /// opens the entry to live pushes once the inbox is drained. With `restart`, reads
+    /// the inbox from its start (the bus may have lost pushes).
+    pub fn pump(&self, conn: ConnRef, user: UserId, mut restart: bool) {
         loop {
             let _lock = self.registry.lock(user);
-            if !self.registry.holds(user, conn) {
-                return;
+            let Some(after) = self.registry.begin_handover(user, conn, restart) else { return };
+            if restart {
+                // What this session wrote before is settled first, so is not read again.
+                self.writer.barrier();
+                restart = false;
             }
-            let rows = match self.store.peek_offline(user, PUMP_BATCH) {
-                Ok(rows) => rows,
+            let msgs = match self.store.inbox(user, after, PUMP_BATCH) {
+                Ok(msgs) => msgs,
                 Err(e) => {
-                    log::warn!("mailbox of {user}: {e}; retrying");
+                    log::warn!("inbox of {user}: {e}; retrying");
                     self.loops.run(conn, |c| {
                         if let Some(c) = c {
                             c.ctx.want_pump = true;
@@ -167,74 +114,36 @@ impl Hub {
                     return;
                 }
             };
-            if rows.is_empty() {
-                self.registry.set_backlog(user, conn, false);
+            if msgs.is_empty() {
+                if self.registry.open(user, conn) {
+                    self.flush_on_loop(conn);
+                }
                 return;
             }
-            let (ids, msgs): (Vec<i64>, Vec<Arc<str>>) = rows.into_iter().map(|(id, m)| (id, Arc::from(m))).unzip();
-            let Some(caught_up) = self.hand_over(conn, user, msgs) else { return };
-            if let Err(e) = self.store.remove_offline(user, &ids) {
-                log::error!("mailbox of {user}: {e}; {} handed messages may come again", ids.len());
-            }
+            let pushes: Vec<Push> = msgs.iter().map(push_of).collect();
+            let mids: Vec<_> = pushes.iter().map(|p| p.mid).collect();
+            self.registry.handed(user, conn, &mids);
+            let Some(caught_up) = self.hand_over(conn, user, pushes) else { return };
             if !caught_up {
                 return; // the connection's write-complete callback asks for more
             }
         }
     }
 
-    /// Hands the pushes other servers sent `user` to their connection, in order.
-    pub fn flush_inbox(&self, user: UserId) {
-        let _lock = self.registry.lock(user);
-        let msgs = self.registry.take_inbox(user);
-        if msgs.is_empty() {
-            return;
-        }
-        let Err((_, msgs)) = self.offer(user, msgs) else { return };
-        let n = msgs.len();
-        if let Err(f) = self.store_for(user, msgs) {
-            log::error!("{n} pushes from other servers for {user} are lost: {}", f.errmsg);
-        }
-    }
-
-    /// A push from another server for a user with no entry here any more.
-    pub fn store_remote(&self, user: UserId, push: Arc<str>) {
-        let _lock = self.registry.lock(user);
-        if let Err(f) = self.store_and_ring(user, push) {
-            log::error!("a push from another server for {user} is lost: {}", f.errmsg);
-        }
-    }
-
-    /// `user`'s mailbox has mail (or doorbells may have been missed): pump it to them
-    /// if they are here.
+    /// The bus reconnected, or says `user` has mail it may not have pushed: read the
+    /// inbox again if `user` is here.
     pub fn doorbell(&self, user: UserId) {
-        let Some(conn) = self.registry.conn_of(user) else { return };
-        {
-            let _lock = self.registry.lock(user);
-            self.registry.set_backlog(user, conn, true);
+        if let Some(conn) = self.registry.conn_of(user) {
+            self.pump(conn, user, true);
         }
-        self.pump(conn, user);
-    }
-
-    /// Stores `msgs` in `to`'s mailbox behind anything a closed connection of `to` left
-    /// unsent. Hold `to`'s delivery lock.
-    pub fn store_for(&self, to: UserId, msgs: Vec<Arc<str>>) -> Result<(), Fail> {
-        let leftovers = self.registry.take_leftovers(to);
-        let rows: Vec<(UserId, String)> = leftovers.iter().chain(msgs.iter()).map(|m| (to, m.to_string())).collect();
-        if rows.is_empty() {
-            return Ok(());
-        }
-        self.store.push_offline(&rows).map_err(|e| {
-            self.registry.restore_leftovers(to, leftovers);
-            unavailable(e)
-        })
     }
 }
 
 /// Loop thread of `conn`: writes the live pushes waiting for its user, in one send.
 pub fn flush_pending(registry: &Registry, conn: &mut Connection<ConnState>) {
     let Some(user) = conn.ctx.user else { return };
-    let msgs = registry.take_pending(user, conn.id());
-    if !msgs.is_empty() {
-        send_pushes(conn, user, msgs);
+    let pushes = registry.take_pending(user, conn.id());
+    if !pushes.is_empty() {
+        send_pushes(conn, user, pushes);
     }
 }

@@ -8,7 +8,9 @@ use serde_json::{Map, Value};
 
 use super::hub::Hub;
 use super::session::Session;
-use super::{account, friend, group, message};
+use std::sync::Arc;
+
+use super::{account, friend, group, history, message, receipt};
 use crate::net::ConnRef;
 use crate::proto::msg::{self, errno, reply, reply_type, Fail, Request};
 
@@ -19,7 +21,7 @@ pub enum Outcome {
     Sent,
 }
 
-pub type HandlerFn = fn(&Hub, &mut Session, ConnRef, &Request) -> Result<Outcome, Fail>;
+pub type HandlerFn = fn(&Arc<Hub>, &mut Session, ConnRef, &Request) -> Result<Outcome, Fail>;
 
 const TABLE: &[(i64, HandlerFn)] = &[
     (msg::LOGIN, account::login),
@@ -34,10 +36,12 @@ const TABLE: &[(i64, HandlerFn)] = &[
     (msg::CREATE_GROUP, group::create),
     (msg::ADD_GROUP, group::join),
     (msg::DEL_GROUP, group::leave),
+    (msg::RECEIVED, receipt::received),
+    (msg::HISTORY, history::history),
 ];
 
 /// Runs `req` through its handler and queues the reply.
-pub fn handle(hub: &Hub, session: &mut Session, conn: ConnRef, req: &Request) {
+pub fn handle(hub: &Arc<Hub>, session: &mut Session, conn: ConnRef, req: &Request) {
     let result = if req.lossy {
         Err(Fail::new(errno::MALFORMED, "a string holds an invalid escape (lone surrogate)"))
     } else {

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
 use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
 use super::session::Session;
@@ -10,7 +12,7 @@ use crate::net::ConnRef;
 use crate::proto::msg::{errno, Fail, Request};
 use crate::store::StoreError;
 
-pub fn add(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn add(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let friend = req.int("friendid")?;
     let (me, _) = s.me(req)?;
     if friend == me {
@@ -26,7 +28,7 @@ pub fn add(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<
     }
 }
 
-pub fn del(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn del(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let friend = req.int("friendid")?;
     let (me, _) = s.me(req)?;
     match hub.store.del_friend(me, friend) {
@@ -36,7 +38,7 @@ pub fn del(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<
     }
 }
 
-pub fn list(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn list(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let (me, _) = s.me(req)?;
     let friends = hub.store.friends(me).map_err(unavailable)?;
     let friends: Vec<Value> = friends.iter().map(user_json).collect();

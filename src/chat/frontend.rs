@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn_state::{send_frame, take_unsent, ConnState};
+use super::conn_state::{send_frame, settle_written, ConnState};
 use super::hub::Hub;
-use super::message;
 use super::worker::Job;
 use super::worker_pool::WorkerPool;
+use super::{message, receipt};
 use crate::net::{ConnRef, Connection, Handler};
 use crate::proto::codec::{Decoded, FrameError};
 use crate::proto::msg::{self, errno, error_frame, reply, reply_type, Fail, ParseError, Request};
@@ -28,6 +28,8 @@ pub struct Limits {
     pub rate_limit: u32,
     pub login_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// v2 pushes a session may leave unconfirmed.
+    pub max_unconfirmed: usize,
 }
 
 pub struct Frontend {
@@ -64,8 +66,8 @@ impl Frontend {
                 conn.close();
             }
         } else {
-            let id = conn.id();
-            self.dispatch(conn, Job::Reply(id, body, close));
+            let (id, after_writer) = (conn.id(), conn.ctx.at_writer > 0);
+            self.dispatch(conn, Job::Reply(id, body, close, after_writer));
         }
     }
 
@@ -97,9 +99,10 @@ impl Frontend {
                 send_frame(conn, &reply(msg::PONG, msg::PING, req.reqid.as_ref(), Ok(Default::default())));
             }
             Ok(req) if req.msgid == msg::ONE_CHAT && message::one_chat_now(&self.hub, conn, &req) => {}
+            Ok(req) if req.msgid == msg::RECEIVED && receipt::received_now(conn, &req) => {}
             Ok(req) => {
-                let id = conn.id();
-                self.dispatch(conn, Job::Request(id, req));
+                let (id, after_writer) = (conn.id(), conn.ctx.at_writer > 0);
+                self.dispatch(conn, Job::Request(id, req, after_writer));
             }
         }
     }
@@ -109,7 +112,8 @@ impl Handler for Frontend {
     type Context = ConnState;
 
     fn new_context(&self, _conn: ConnRef) -> ConnState {
-        ConnState::new(self.limits.max_frame, self.limits.max_outbuf, self.limits.rate_limit)
+        let l = &self.limits;
+        ConnState::new(l.max_frame, l.max_outbuf, l.rate_limit, l.max_unconfirmed, Arc::clone(&self.hub.writer))
     }
 
     fn on_connection(&self, conn: &mut Connection<ConnState>) {
@@ -118,14 +122,11 @@ impl Handler for Frontend {
             return;
         }
         log::debug!("{} disconnected", conn.peer());
-        let mut unsent = take_unsent(conn);
-        if let Some(user) = conn.ctx.user {
-            let (mine, others): (Vec<_>, Vec<_>) = unsent.into_iter().partition(|(u, _)| *u == user);
-            let back = self.hub.registry.mark_leaving(user, conn.id(), mine.into_iter().map(|(_, m)| m).collect());
-            unsent = back.into_iter().map(|m| (user, m)).chain(others).collect();
-        }
+        // What the socket took is delivered; what it did not stays in the inbox.
+        let written = conn.written();
+        conn.ctx.end_session(written);
         let id = conn.id();
-        self.workers.dispatch(id.hash_key(), Job::Closed(id, unsent));
+        self.workers.dispatch(id.hash_key(), Job::Closed(id));
     }
 
     fn on_message(&self, conn: &mut Connection<ConnState>) {
@@ -158,11 +159,15 @@ impl Handler for Frontend {
     }
 
     fn on_write_complete(&self, conn: &mut Connection<ConnState>) {
+        let written = conn.written();
+        settle_written(&mut conn.ctx, written);
         self.resume_pump(conn);
     }
 
     fn on_tick(&self, conn: &mut Connection<ConnState>, now: Instant) {
         // Also retries a pump that failed on a storage error.
+        let written = conn.written();
+        settle_written(&mut conn.ctx, written);
         self.resume_pump(conn);
         let expired = |since: Instant, limit: Option<Duration>| limit.is_some_and(|l| now.duration_since(since) > l);
         if conn.ctx.user.is_none() && conn.ctx.in_flight == 0 && expired(conn.created(), self.limits.login_timeout) {

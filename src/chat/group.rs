@@ -1,5 +1,7 @@
 //! CREATE_GROUP, ADD_GROUP, DEL_GROUP. Worker threads.
 
+use std::sync::Arc;
+
 use super::dispatch::{fields, Outcome};
 use super::hub::{unavailable, Hub};
 use super::session::Session;
@@ -10,7 +12,7 @@ use crate::store::StoreError;
 pub const GROUPNAME_MAX: usize = 50;
 pub const GROUPDESC_MAX: usize = 200;
 
-pub fn create(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn create(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let name = req.string("groupname", 1, GROUPNAME_MAX)?;
     let desc = req.opt_string("groupdesc", 0, GROUPDESC_MAX, "")?;
     let (me, _) = s.me(req)?;
@@ -21,7 +23,7 @@ pub fn create(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Resu
     }
 }
 
-pub fn join(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn join(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let group = req.int("groupid")?;
     let (me, _) = s.me(req)?;
     match hub.store.join_group(group, me) {
@@ -32,7 +34,7 @@ pub fn join(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result
     }
 }
 
-pub fn leave(hub: &Hub, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
+pub fn leave(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {
     let group = req.int("groupid")?;
     let (me, _) = s.me(req)?;
     match hub.store.leave_group(group, me) {

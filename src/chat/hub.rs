@@ -2,26 +2,33 @@
 //! here, and the loops through which replies and pushes reach connections.
 //!
 //! Built once in `chat::run` and passed down; no globals. Its methods block and run on
-//! worker threads only, except `offer` (`delivery`), which any thread may call.
+//! worker threads only, except `offer` and `fan_out` (`delivery`) and `append`
+//! (`message`), which any thread may call.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::bounded;
 
 use super::conn_state::{send_frame, ConnState};
 use super::login_guard::LoginGuard;
 use super::registry::Registry;
+use super::worker::Job;
+use super::worker_pool::Dispatcher;
 use crate::bus::Bus;
 use crate::net::{ConnRef, Connection, LoopPool};
 use crate::proto::msg::{errno, Fail};
-use crate::store::{Store, StoreError};
+use crate::store::{LogWriter, Store, StoreError};
 
 pub struct Hub {
     pub store: Arc<dyn Store>,
+    /// Appends messages to the log in group commits; settles inbox rows.
+    pub writer: Arc<LogWriter>,
     pub bus: Arc<dyn Bus>,
     pub registry: Arc<Registry>,
     pub loops: LoopPool<ConnState>,
     pub login_guard: LoginGuard,
+    /// The workers, for jobs queued by threads that are not (the log writer's).
+    pub workers: OnceLock<Dispatcher<Job>>,
 }
 
 impl Hub {

@@ -1,21 +1,21 @@
 //! `RemoteInbox`: what the bus brings in from other servers, handed to the workers.
 //!
-//! Runs on the bus's subscriber thread and never blocks: a push for a local user is
-//! queued on that user's registry entry at once (so it keeps its place even if the
-//! user's connection is closing, and a logout that unsubscribes finds it), then a
-//! worker keyed by the user hands the queue over. Doorbells and resubscriptions make
-//! a worker pump the user's mailbox.
+//! Runs on the bus's subscriber thread and never blocks: a push for a local user goes
+//! to the worker its user picks (so one user's pushes stay in order), which offers it
+//! to the user's registry entry. A push for a user no longer here is dropped: it is in
+//! their inbox. Doorbells and resubscriptions make a worker read the user's inbox again.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use super::registry::Registry;
+use serde::Deserialize;
+
+use super::registry::Push;
 use super::worker::Job;
 use super::worker_pool::Dispatcher;
 use crate::bus::{Inbox, Incoming};
 use crate::store::UserId;
 
 pub struct RemoteInbox {
-    registry: Arc<Registry>,
     /// Set once the workers exist; cleared at shutdown so the workers can stop.
     workers: Mutex<Option<Dispatcher<Job>>>,
 }
@@ -27,8 +27,8 @@ pub fn user_key(user: UserId) -> u64 {
 }
 
 impl RemoteInbox {
-    pub fn new(registry: Arc<Registry>) -> RemoteInbox {
-        RemoteInbox { registry, workers: Mutex::new(None) }
+    pub fn new() -> RemoteInbox {
+        RemoteInbox { workers: Mutex::new(None) }
     }
 
     pub fn attach(&self, workers: Option<Dispatcher<Job>>) {
@@ -43,13 +43,18 @@ impl RemoteInbox {
     }
 }
 
+/// The one field of a push the receiving server needs.
+#[derive(Deserialize)]
+struct MidOf {
+    mid: i64,
+}
+
 impl Inbox for RemoteInbox {
     fn incoming(&self, msg: Incoming) {
         match msg {
-            Incoming::Push(user, push) => match self.registry.incoming(user, push) {
-                Ok(true) => self.dispatch(user, Job::Inbox(user)),
-                Ok(false) => {}
-                Err(push) => self.dispatch(user, Job::Store(user, push)),
+            Incoming::Push(user, text) => match serde_json::from_str::<MidOf>(&text) {
+                Ok(MidOf { mid }) => self.dispatch(user, Job::Remote(user, Push { mid, text })),
+                Err(e) => log::warn!("a push from the bus for {user} has no mid ({e}); dropped"),
             },
             Incoming::Doorbell(user) => self.dispatch(user, Job::Doorbell(user)),
         }

@@ -19,7 +19,7 @@ use super::worker::Worker;
 use super::worker_pool::WorkerPool;
 use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::net::{ServerOptions, ShutdownHandle, TcpServer};
-use crate::store::{self, Store};
+use crate::store::{self, LogWriter, Store};
 
 /// How long shutdown waits for requests in flight, and for the final stores.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -70,7 +70,7 @@ impl ChatServer {
             store.set_all_offline().map_err(Error::Store)?;
         }
         let registry = Arc::new(Registry::default());
-        let inbox = Arc::new(RemoteInbox::new(Arc::clone(&registry)));
+        let inbox = Arc::new(RemoteInbox::new());
         let bus: Arc<dyn Bus> = match &config.redis {
             Some(url) => Arc::new(RedisBus::connect(url, Arc::clone(&inbox) as _).map_err(Error::Bus)?),
             None => Arc::new(LocalBus),
@@ -80,12 +80,15 @@ impl ChatServer {
         }
         let opts = ServerOptions { threads: config.threads(), max_conns: config.max_conns, keepalive: true };
         let tcp = TcpServer::new(listener, &opts).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
+        let writer = Arc::new(LogWriter::start(Arc::clone(&store)));
         let hub = Arc::new(Hub {
             store: Arc::clone(&store),
+            writer,
             bus,
             registry,
             loops: tcp.pool(),
             login_guard: Default::default(),
+            workers: Default::default(),
         });
         let workers = WorkerPool::start(config.workers(), |_| {
             let mut worker = Worker::new(Arc::clone(&hub));
@@ -93,6 +96,10 @@ impl ChatServer {
         })
         .map_err(|e| Error::Io("cannot start the workers".into(), e))?;
         inbox.attach(Some(workers.dispatcher()));
+        let _ = hub.workers.set(workers.dispatcher());
+        if config.history_days > 0 {
+            expire_history(Arc::clone(&store), config.history_days)?;
+        }
         let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
         let limits = Limits {
             max_frame: config.max_frame as usize,
@@ -100,6 +107,7 @@ impl ChatServer {
             rate_limit: config.rate_limit,
             login_timeout: secs(config.login_timeout),
             idle_timeout: secs(config.idle_timeout),
+            max_unconfirmed: usize::try_from(config.max_unconfirmed).unwrap_or(usize::MAX),
         };
         let frontend = Arc::new(Frontend::new(hub, workers, limits));
         Ok(ChatServer { tcp, frontend, store, inbox })
@@ -162,6 +170,24 @@ fn clear_stale_online_marks(store: &dyn Store, bus: &dyn Bus) {
             log::warn!("cannot clear stale online marks: {e}");
         }
     }
+}
+
+/// `--history-days`: a thread that deletes older messages now and every hour.
+fn expire_history(store: Arc<dyn Store>, days: u64) -> Result<(), Error> {
+    let keep = i64::try_from(days.saturating_mul(86_400)).unwrap_or(i64::MAX);
+    std::thread::Builder::new()
+        .name("expire".into())
+        .spawn(move || loop {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            match store.expire(i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(keep)) {
+                Ok(0) => {}
+                Ok(n) => log::info!("deleted {n} messages older than {days} days"),
+                Err(e) => log::warn!("cannot delete old messages: {e}"),
+            }
+            std::thread::sleep(Duration::from_secs(3600));
+        })
+        .map(|_| ())
+        .map_err(|e| Error::Io("cannot start the expiry thread".into(), e))
 }
 
 /// Runs the server `config` describes until SIGINT or SIGTERM.

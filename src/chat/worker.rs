@@ -8,27 +8,30 @@ use std::sync::Arc;
 
 use super::dispatch;
 use super::hub::Hub;
+use super::registry::Push;
 use super::session::Session;
 use crate::net::ConnRef;
 use crate::proto::msg::Request;
 use crate::store::UserId;
 
 pub enum Job {
-    /// A request to handle.
-    Request(ConnRef, Request),
+    /// A request to handle. `true`: messages of this connection are at the log writer;
+    /// its reply must follow their ACKs, so wait for the writer first.
+    Request(ConnRef, Request, bool),
     /// A reply made on the loop while earlier requests were in flight: passed back so
-    /// it follows their replies. `true` closes the connection after it.
-    Reply(ConnRef, Vec<u8>, bool),
-    /// The connection wrote what it was handed of its user's backlogged mailbox.
+    /// it follows their replies. `true` closes the connection after it; the second flag
+    /// is `Request`'s.
+    Reply(ConnRef, Vec<u8>, bool, bool),
+    /// The connection wrote what it was handed of its user's inbox: the next batch.
     Pump(ConnRef),
-    /// Pushes from other servers are queued on this user's registry entry.
-    Inbox(UserId),
-    /// A push from another server for a user no longer here: store it.
-    Store(UserId, Arc<str>),
-    /// This user's mailbox has mail: pump it if the user is here.
+    /// A push from another server for a user here.
+    Remote(UserId, Push),
+    /// Publish a committed message for users not held here.
+    Publish(Vec<UserId>, Push),
+    /// This user's inbox may hold what the bus did not bring: read it again.
     Doorbell(UserId),
-    /// The connection closed; with the messages it was handed and never wrote.
-    Closed(ConnRef, Vec<(UserId, Arc<str>)>),
+    /// The connection closed (its loop has settled what it wrote).
+    Closed(ConnRef),
 }
 
 pub struct Worker {
@@ -43,22 +46,33 @@ impl Worker {
 
     pub fn handle(&mut self, job: Job) {
         match job {
-            Job::Request(conn, req) => {
+            Job::Request(conn, req, after_writer) => {
+                if after_writer {
+                    self.hub.writer.barrier();
+                }
                 let session = self.sessions.entry(conn).or_default();
                 dispatch::handle(&self.hub, session, conn, &req);
             }
-            Job::Reply(conn, body, close) => self.hub.reply(conn, body, close),
+            Job::Reply(conn, body, close, after_writer) => {
+                if after_writer {
+                    self.hub.writer.barrier();
+                }
+                self.hub.reply(conn, body, close)
+            }
             Job::Pump(conn) => {
                 if let Some((user, _)) = self.sessions.get(&conn).and_then(|s| s.user.as_ref()) {
-                    self.hub.pump(conn, *user);
+                    self.hub.pump(conn, *user, false);
                 }
             }
-            Job::Inbox(user) => self.hub.flush_inbox(user),
-            Job::Store(user, push) => self.hub.store_remote(user, push),
+            Job::Remote(user, push) => {
+                self.hub.offer(user, push);
+            }
+            Job::Publish(users, push) => self.hub.publish(&users, &push),
             Job::Doorbell(user) => self.hub.doorbell(user),
-            Job::Closed(conn, unsent) => {
-                let user = self.sessions.remove(&conn).and_then(|s| s.user).map(|(id, _)| id);
-                self.hub.connection_closed(conn, user, unsent);
+            Job::Closed(conn) => {
+                if let Some((user, _)) = self.sessions.remove(&conn).and_then(|s| s.user) {
+                    self.hub.logout(user, conn);
+                }
             }
         }
     }

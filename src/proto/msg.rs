@@ -25,6 +25,8 @@ pub const SHOW_FRIEND_LIST: i64 = 14;
 pub const ACK: i64 = 15;
 pub const PING: i64 = 16;
 pub const PONG: i64 = 17;
+pub const RECEIVED: i64 = 18;
+pub const HISTORY: i64 = 19;
 
 /// errno values of replies.
 pub mod errno {
@@ -67,6 +69,8 @@ pub fn is_request(msgid: i64) -> bool {
             | DEL_GROUP
             | SHOW_FRIEND_LIST
             | PING
+            | RECEIVED
+            | HISTORY
     )
 }
 

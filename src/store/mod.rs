@@ -5,10 +5,12 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod log_writer;
 mod mysql;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;
+pub use log_writer::LogWriter;
 pub use sqlite::SqliteStore;
 
 use std::fmt;
