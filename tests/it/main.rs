@@ -8,6 +8,7 @@ mod cluster;
 mod framing;
 mod hardening;
 mod lifecycle;
+mod messages;
 mod mysql;
 mod protocol;
 mod ring;
