@@ -6,6 +6,7 @@
 //! never from a reactor thread. Every query is parameterised.
 
 mod mysql;
+mod schema;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;

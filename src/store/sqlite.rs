@@ -16,8 +16,8 @@
 //! - One small function per query; all of them use `prepare_cached` and bound
 //!   parameters. SQL text is never built from data.
 //!
-//! Table names are the canonical ones of the C++ seed (`user`, `friend`, `allgroup`,
-//! `groupuser`, `offlinemessage`) so a MySQL backend can share the schema.
+//! The schema is `sql/chat.sql`, the MySQL backend's too: SQLite's DDL is derived from
+//! it at every open (`schema.rs`), so both stores have the same tables and indexes.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
@@ -26,7 +26,7 @@ use std::time::Duration;
 use rusqlite::{ffi, params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 
 use super::{
-    Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
+    schema, Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
     StoreError, User, UserId,
 };
 
@@ -39,42 +39,6 @@ const STATEMENT_CACHE: usize = 64;
 
 const STATE_ONLINE: &str = "online";
 const STATE_OFFLINE: &str = "offline";
-
-/// Idempotent: run on every open. Types follow the seed; `AUTOINCREMENT` so an id is
-/// never handed out twice, even after the row with the highest id is deleted.
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS user (
-    id       INTEGER PRIMARY KEY AUTOINCREMENT,
-    name     TEXT    NOT NULL UNIQUE,
-    password TEXT    NOT NULL,                   -- argon2 PHC hash
-    state    TEXT    NOT NULL DEFAULT 'offline'  -- 'online' | 'offline'
-);
-CREATE TABLE IF NOT EXISTS friend (
-    userid   INTEGER NOT NULL,
-    friendid INTEGER NOT NULL,
-    PRIMARY KEY (userid, friendid)
-);
-CREATE TABLE IF NOT EXISTS allgroup (
-    id        INTEGER PRIMARY KEY AUTOINCREMENT,
-    groupname TEXT    NOT NULL UNIQUE,
-    groupdesc TEXT    NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS groupuser (
-    groupid   INTEGER NOT NULL,
-    userid    INTEGER NOT NULL,
-    grouprole TEXT    NOT NULL,                  -- 'creator' | 'normal'
-    PRIMARY KEY (groupid, userid)
-);
-CREATE INDEX IF NOT EXISTS groupuser_userid ON groupuser (userid);
--- Covers a group's member list (every GROUP_CHAT reads it) without a row lookup each.
-CREATE INDEX IF NOT EXISTS groupuser_members ON groupuser (groupid, userid, grouprole);
-CREATE TABLE IF NOT EXISTS offlinemessage (
-    id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    userid  INTEGER NOT NULL,
-    message TEXT    NOT NULL
-);
-CREATE INDEX IF NOT EXISTS offlinemessage_userid_id ON offlinemessage (userid, id);
-";
 
 /// A [`Store`] on one SQLite file, shared by all worker threads.
 pub struct SqliteStore {
@@ -169,11 +133,15 @@ fn open_connection(path: &str) -> Result<Connection> {
     Ok(conn)
 }
 
-/// In an immediate transaction, so two processes opening a new file at once do not
+/// The tables and indexes of `sql/chat.sql`, derived for SQLite (see `schema.rs`), in
+/// an immediate transaction, so two processes opening a new file at once do not
 /// interleave their `CREATE`s.
 fn create_schema(conn: &mut Connection) -> Result<()> {
+    let statements = schema::sqlite_statements().map_err(StoreError::Unavailable)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute_batch(SCHEMA)?;
+    for statement in &statements {
+        tx.execute_batch(statement)?;
+    }
     tx.commit()?;
     Ok(())
 }
@@ -613,7 +581,10 @@ mod tests {
     fn schema_has_the_seed_tables_and_wal() {
         let dir = TempDir::new();
         let store = SqliteStore::open(&dir.db()).unwrap();
-        assert_eq!(table_names(&store), ["allgroup", "friend", "groupuser", "offlinemessage", "user"]);
+        assert_eq!(
+            table_names(&store),
+            ["allgroup", "friend", "groupuser", "inbox", "message", "offlinemessage", "user"]
+        );
         let mode: String = store.conn().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
         assert_eq!(mode.to_ascii_lowercase(), "wal");
         assert_eq!(store.conns.len(), POOL_SIZE);
