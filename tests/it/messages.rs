@@ -195,7 +195,11 @@ fn history_pages_a_conversation_both_ways() {
         let r = c.call(q);
         assert_eq!(ack(&r, 19), 0, "{r}");
         let msgs = r["messages"].as_array().expect("messages");
-        assert!(msgs.iter().all(|m| (m["msgid"] == 6 || m["msgid"] == 10) && m["time"].is_string() && m["name"].is_string()), "{r}");
+        assert!(
+            msgs.iter()
+                .all(|m| (m["msgid"] == 6 || m["msgid"] == 10) && m["time"].is_string() && m["name"].is_string()),
+            "{r}"
+        );
         (msgs.iter().map(mid).collect(), r["more"].as_bool().expect("more"))
     };
     assert_eq!(page(&mut a.c, json!({"msgid": 19, "peer": b.id, "limit": 3})), (all[4..].to_vec(), true));
