@@ -8,7 +8,7 @@
 //! - [`proto`]: framing and messages of the wire protocol; no I/O.
 //! - [`store`]: the model layer behind one trait; embedded SQLite.
 //! - [`bus`]: how servers reach each other's users; in-process when alone.
-//! - [`ring`]: the consistent-hash ring behind `ConsistentHash`.
+//! - [`ring`]: the consistent-hash ring, and the interpreter of `ConsistentHash`.
 //! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
 //! - [`client`]: the terminal client behind `ChatClient`.
 //! - `src/bin/`: thin binaries that parse arguments and call the library.
