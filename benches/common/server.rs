@@ -2,7 +2,6 @@
 //! CPU from /proc. Both are killed (SIGKILL) when dropped, also on panic.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,35 +24,12 @@ impl Kind {
     }
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "chat-bench-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: Option<TempDir>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -61,10 +37,10 @@ impl Server {
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
         let (cmd, dir) = match kind {
             Kind::Ours => {
-                let dir = TempDir::new();
+                let dir = tempfile::tempdir().expect("temp dir");
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
                 cmd.args(["127.0.0.1", "0", "--db"])
-                    .arg(format!("sqlite://{}", dir.0.join("chat.db").display()))
+                    .arg(format!("sqlite://{}", dir.path().join("chat.db").display()))
                     .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
                     .arg(threads.to_string())
                     // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
