@@ -5,11 +5,13 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod log_writer;
 mod mysql;
 mod schema;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;
+pub use log_writer::{Done, LogWriter, MAX_BATCH};
 pub use sqlite::{SqliteStore, Synchronous};
 
 use std::fmt;
