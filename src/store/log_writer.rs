@@ -346,7 +346,7 @@ mod tests {
             sender,
             sender_name: format!("u{sender}"),
             to: Conversation::Peer(to),
-            text: format!("{i}"),
+            text: format!("{i}").into(),
             time: "2026-05-01 12:00:00".into(),
             unix_time: 1_780_000_000,
             cmid: None,

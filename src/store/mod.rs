@@ -71,7 +71,8 @@ pub struct NewMessage {
     /// The sender's name when it was sent (pushes and history show it).
     pub sender_name: String,
     pub to: Conversation,
-    pub text: String,
+    /// Shared, so the chat layer keeps it for the pushes without a copy.
+    pub text: Arc<str>,
     /// The server's stamp, `YYYY-MM-DD HH:MM:SS` (what pushes carry as `time`).
     pub time: String,
     /// Seconds since the Unix epoch when accepted (what `expire` compares).

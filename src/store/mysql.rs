@@ -604,7 +604,7 @@ fn message_values(m: &NewMessage) -> Q<Vec<mysql::Value>> {
         m.sender_name.as_str().into(),
         lo.into(),
         hi.into(),
-        m.text.as_str().into(),
+        (&*m.text).into(),
         m.time.as_str().into(),
         m.unix_time.into(),
         m.cmid.as_deref().into(),

@@ -457,7 +457,7 @@ fn insert_messages(conn: &Connection, msgs: &[NewMessage]) -> Result<Vec<Accepte
     let mut accepted = Vec::with_capacity(msgs.len());
     for m in msgs {
         let (lo, hi) = m.to.key(m.sender).ok_or(StoreError::NotFound)?;
-        let added = insert.execute(params![m.sender, m.sender_name, lo, hi, m.text, m.time, m.unix_time, m.cmid])?;
+        let added = insert.execute(params![m.sender, m.sender_name, lo, hi, &*m.text, m.time, m.unix_time, m.cmid])?;
         if added == 0 {
             // Only the (sender, cmid) key can conflict: the mid is new.
             let (mid, time) = select_by_cmid(conn, m.sender, m.cmid.as_deref())?;
@@ -794,7 +794,7 @@ mod tests {
             sender,
             sender_name: format!("u{sender}"),
             to,
-            text: format!("m{i}"),
+            text: format!("m{i}").into(),
             time: "2026-01-01 00:00:00".into(),
             unix_time: i64::try_from(i).unwrap(),
             cmid: Some(format!("c{i}")),

@@ -609,7 +609,7 @@ fn msg(sender: UserId, to: Conversation, text: &str, recipients: &[UserId]) -> N
         sender,
         sender_name: format!("name-{sender}"),
         to,
-        text: text.to_owned(),
+        text: text.into(),
         time: "2026-05-01 12:00:00".to_owned(),
         unix_time: 1_780_000_000,
         cmid: None,
