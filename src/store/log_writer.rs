@@ -317,10 +317,6 @@ mod tests {
             leave_group(group: GroupId, user: UserId) -> Role;
             group_members(group: GroupId) -> Option<Vec<(UserId, Role)>>;
             user_groups(user: UserId) -> Vec<Group>;
-            push_offline(msgs: &[(UserId, String)]) -> ();
-            take_offline(user: UserId) -> Vec<String>;
-            peek_offline(user: UserId, limit: usize) -> Vec<(i64, String)>;
-            remove_offline(user: UserId, ids: &[i64]) -> ();
             inbox(user: UserId, after: Mid, limit: usize) -> Vec<Message>;
             settle(user: UserId, mids: &[Mid]) -> ();
             settle_many(settles: &[(UserId, Vec<Mid>)]) -> ();

@@ -29,14 +29,12 @@
 //!   collides: one row, whichever server wins. Inbox rows go in sorted, many per
 //!   statement. History forces `message_conv` (read backwards, no sort).
 //! - Statements that must agree run in one transaction (InnoDB): create/leave/delete
-//!   group (with its messages), joining, a batch of appends, stores or removals, an
-//!   expiry batch, and the mailbox drain. Isolation is
-//!   READ COMMITTED, so InnoDB takes no gap locks: storing mail never waits for a drain,
-//!   and concurrent drains and stores do not deadlock on each other's gaps. What a
-//!   transaction must keep still it locks explicitly (`FOR UPDATE`, `LOCK IN SHARE
-//!   MODE`), and the mailbox drain checks that it deleted exactly what it read.
-//! - A transaction that the server aborted (deadlock, lock timeout) or that lost a race
-//!   (the drain's check) is run again from the start, at most [`ATTEMPTS`] times.
+//!   group (with its messages), joining, a batch of appends or settles, an expiry
+//!   batch. Isolation is READ COMMITTED, so InnoDB takes no gap locks: appends never
+//!   wait for settles or expiry on each other's gaps. What a transaction must keep
+//!   still it locks explicitly (`FOR UPDATE`, `LOCK IN SHARE MODE`).
+//! - A transaction that the server aborted (deadlock, lock timeout) is run again from
+//!   the start, at most [`ATTEMPTS`] times.
 //! - One small function per query, below the `Store` impl's helpers.
 //!
 //! The schema is `sql/chat.sql`, compiled in and applied at every open (idempotent).
@@ -60,8 +58,7 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement waits for a row lock, in seconds: 3, below [`IO_TIMEOUT`] so
 /// that the server, not the socket, gives up first (the server's default is 50).
 const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 3";
-/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout,
-/// or that lost a race.
+/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout.
 const ATTEMPTS: u32 = 5;
 /// Prepared statements kept per connection: about 25 distinct queries, and the
 /// multi-row ones in up to 9 sizes each.
@@ -236,13 +233,11 @@ fn redact(url: &str) -> String {
 // ---------------------------------------------------------------------------------
 // Errors.
 
-/// Why a unit of work failed: the database, the store's own verdict (`NotFound`), or
-/// a race that running it again resolves.
+/// Why a unit of work failed: the database, or the store's own verdict (`NotFound`).
 #[derive(Debug)]
 enum Failure {
     Sql(mysql::Error),
     Store(StoreError),
-    Raced(String),
 }
 
 type Q<T> = std::result::Result<T, Failure>;
@@ -270,7 +265,6 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Sql(err) => write!(f, "{err}"),
             Failure::Store(err) => write!(f, "{err}"),
-            Failure::Raced(why) => write!(f, "lost a race: {why}"),
         }
     }
 }
@@ -280,7 +274,6 @@ impl Failure {
     fn is_transient(&self) -> bool {
         match self {
             Failure::Sql(mysql::Error::MySqlError(e)) => matches!(e.code, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT),
-            Failure::Raced(_) => true,
             _ => false,
         }
     }
@@ -290,10 +283,6 @@ impl Failure {
     fn into_store(self) -> StoreError {
         match self {
             Failure::Store(err) => err,
-            Failure::Raced(why) => {
-                log::warn!("mysql: still losing after {ATTEMPTS} tries: {why}");
-                StoreError::Unavailable(why)
-            }
             Failure::Sql(mysql::Error::MySqlError(e)) if e.code == ER_DUP_ENTRY => StoreError::Conflict,
             Failure::Sql(err) => {
                 log::warn!("mysql: {err}");
@@ -340,7 +329,6 @@ fn check_columns(c: &mut impl Queryable) -> Q<()> {
         "SELECT userid, friendid FROM friend WHERE 1 = 0",
         "SELECT id, groupname, groupdesc FROM allgroup WHERE 1 = 0",
         "SELECT groupid, userid, grouprole FROM groupuser WHERE 1 = 0",
-        "SELECT id, userid, message FROM offlinemessage WHERE 1 = 0",
         "SELECT mid, sender, sendername, convlo, convhi, msg, time, unixtime, cmid FROM message WHERE 1 = 0",
         "SELECT userid, mid FROM inbox WHERE 1 = 0",
     ];
@@ -503,47 +491,6 @@ fn select_user_groups(c: &mut impl Queryable, user: UserId) -> Q<Vec<Group>> {
         }
     }
     Ok(groups)
-}
-
-fn insert_offline(c: &mut impl Queryable, msgs: &[(UserId, String)]) -> Q<()> {
-    c.exec_batch(
-        "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
-        msgs.iter().map(|(u, m)| (*u, m.as_str())),
-    )?;
-    Ok(())
-}
-
-/// `user`'s mailbox, oldest first, every row locked until the transaction ends: nobody
-/// else can take or remove them meanwhile. (Rows stored meanwhile are not locked out.)
-fn select_offline_for_update(c: &mut impl Queryable, user: UserId) -> Q<Vec<(i64, String)>> {
-    let rows = c.exec_opt::<(i64, String), _, _>(
-        "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id FOR UPDATE",
-        (user,),
-    )?;
-    decoded(rows)
-}
-
-/// Up to `limit` of `user`'s oldest messages as (row id, message), without locks.
-fn select_offline_page(c: &mut impl Queryable, user: UserId, limit: usize) -> Q<Vec<(i64, String)>> {
-    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    let rows = c.exec_opt::<(i64, String), _, _>(
-        "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id LIMIT ?",
-        (user, limit),
-    )?;
-    decoded(rows)
-}
-
-/// Deletes these rows of `user`'s mailbox (the caller sorted them, so concurrent
-/// removals lock rows in one order).
-fn delete_offline_rows(c: &mut impl Queryable, user: UserId, ids: &[i64]) -> Q<()> {
-    c.exec_batch("DELETE FROM offlinemessage WHERE userid = ? AND id = ?", ids.iter().map(|&id| (user, id)))?;
-    Ok(())
-}
-
-/// Deletes `user`'s messages up to id `max`; returns how many.
-fn delete_offline_upto(c: &mut impl Queryable, user: UserId, max: i64) -> Q<u64> {
-    let result = c.exec_iter("DELETE FROM offlinemessage WHERE userid = ? AND id <= ?", (user, max))?;
-    Ok(result.affected_rows())
 }
 
 /// Rows one multi-row statement carries at most: a batch is cut into chunks of
@@ -907,49 +854,6 @@ impl Store for MysqlStore {
         self.single(|c| select_user_groups(c, user))
     }
 
-    fn push_offline(&self, msgs: &[(UserId, String)]) -> Result<()> {
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        self.transaction(|tx| insert_offline(tx, msgs))
-    }
-
-    fn take_offline(&self, user: UserId) -> Result<Vec<String>> {
-        self.transaction(|tx| {
-            let rows = select_offline_for_update(tx, user)?;
-            let Some(&(max, _)) = rows.last() else {
-                return Ok(Vec::new());
-            };
-            // Every row read is locked and has an id <= max, so all of them are
-            // deleted. A row with a smaller id that was not read (an insert that got
-            // its id first but reached the index after the SELECT) would be deleted
-            // too: then the count is off, and the whole drain is rolled back and run
-            // again, rather than losing that message.
-            let deleted = delete_offline_upto(tx, user, max)?;
-            if usize::try_from(deleted).ok() != Some(rows.len()) {
-                return Err(Failure::Raced(format!(
-                    "offline mailbox of {user}: read {} rows, deleted {deleted}",
-                    rows.len()
-                )));
-            }
-            Ok(rows.into_iter().map(|(_, msg)| msg).collect())
-        })
-    }
-
-    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
-        self.single(|c| select_offline_page(c, user, limit))
-    }
-
-    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        self.transaction(|tx| delete_offline_rows(tx, user, &ids))
-    }
-
     fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
         if msgs.is_empty() {
             return Ok(Vec::new());
@@ -1027,7 +931,7 @@ mod tests {
                 rest.split_whitespace().next().unwrap_or_default()
             })
             .collect();
-        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "offlinemessage", "message", "inbox"]);
+        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "message", "inbox"]);
         for s in &statements {
             assert!(!s.contains("--"), "comment left in {s}");
             assert!(s.contains("utf8mb4"), "not utf8mb4: {s}");
@@ -1100,9 +1004,6 @@ mod tests {
         assert!(matches!(sql(1146).into_store(), StoreError::Unavailable(_)));
         assert!(sql(ER_LOCK_DEADLOCK).is_transient() && sql(ER_LOCK_WAIT_TIMEOUT).is_transient());
         assert!(!sql(ER_DUP_ENTRY).is_transient());
-        let raced = Failure::Raced("r".into());
-        assert!(raced.is_transient());
-        assert!(matches!(raced.into_store(), StoreError::Unavailable(_)));
         let io = Failure::Sql(mysql::Error::IoError(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
         assert!(!io.is_transient());
         assert!(matches!(io.into_store(), StoreError::Unavailable(_)));
