@@ -287,13 +287,64 @@ fn is_number_byte(b: u8) -> bool {
     b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
 }
 
-/// Whether serde_json refuses the number `token` as out of range, asked of serde_json
-/// itself. Without an exponent, 300 characters are below 1e300: no need to ask.
+/// Whether serde_json refuses the number `token` as out of range. A JSON number whose
+/// first significant digit is clearly inside f64's range (below 10^307) or outside it
+/// (10^310 and up) is decided here; anything else is asked of serde_json itself.
 fn beyond_f64(token: &[u8]) -> bool {
-    if token.len() <= 300 && !token.iter().any(|b| matches!(b, b'e' | b'E')) {
-        return false;
+    match magnitude(token) {
+        Some(None) => false,
+        Some(Some(e)) if e < 307 => false,
+        Some(Some(e)) if e >= 310 => true,
+        _ => serde_json::from_slice::<Value>(token).is_err_and(|e| e.to_string().starts_with("number out of range")),
     }
-    serde_json::from_slice::<Value>(token).is_err_and(|e| e.to_string().starts_with("number out of range"))
+}
+
+/// For a valid JSON number, the power of ten of its first significant digit, `None`
+/// for zero; `None` outright for what is not a JSON number.
+fn magnitude(token: &[u8]) -> Option<Option<i64>> {
+    fn digits(b: &[u8]) -> usize {
+        b.iter().take_while(|d| d.is_ascii_digit()).count()
+    }
+    let t = token.strip_prefix(b"-").unwrap_or(token);
+    let (int, rest) = t.split_at(digits(t));
+    if int.is_empty() || (int.len() > 1 && int[0] == b'0') {
+        return None;
+    }
+    let (frac, rest) = match rest.strip_prefix(b".") {
+        Some(r) if digits(r) > 0 => r.split_at(digits(r)),
+        Some(_) => return None,
+        None => (&rest[..0], rest),
+    };
+    let exp = match rest {
+        [] => 0,
+        [b'e' | b'E', e @ ..] => {
+            let (negative, e) = match e {
+                [b'-', e @ ..] => (true, e),
+                [b'+', e @ ..] => (false, e),
+                e => (false, e),
+            };
+            if e.is_empty() || digits(e) != e.len() {
+                return None;
+            }
+            // Past 10^12 the answer is the same: saturate.
+            let n = e.iter().fold(0i64, |n, d| (n * 10 + i64::from(d - b'0')).min(1 << 40));
+            if negative {
+                -n
+            } else {
+                n
+            }
+        }
+        _ => return None,
+    };
+    let len = |b: &[u8]| i64::try_from(b.len()).unwrap_or(i64::MAX >> 2);
+    let first = match int.iter().position(|&d| d != b'0') {
+        Some(i) => len(&int[i..]) - 1,
+        None => match frac.iter().position(|&d| d != b'0') {
+            Some(i) => -len(&frac[..i]) - 1,
+            None => return Some(None),
+        },
+    };
+    Some(Some(first + exp))
 }
 
 /// Copies the string literal opening at `bytes[start]` to `out`, its unpaired
@@ -458,6 +509,59 @@ mod tests {
         ));
         assert!(matches!(Request::parse_head(br#"{"msgid":16,"x":[1,]}"#), Err(ParseError::NotJson(_))));
         assert!(matches!(Request::parse_head(br#"[16]"#), Err(ParseError::NotJson(_))));
+    }
+
+    /// Number tokens near and far from f64's limits, valid or not.
+    fn any_number() -> impl Strategy<Value = String> {
+        let digits =
+            |n| proptest::collection::vec(0u8..10, n).prop_map(|d| d.iter().map(|d| (b'0' + d) as char).collect());
+        (
+            prop_oneof![Just(""), Just("-")],
+            prop_oneof![Just("0".to_owned()), "[1-9][0-9]{0,3}", digits(0..400)],
+            prop_oneof![Just(String::new()), digits(0..30).prop_map(|d: String| format!(".{d}"))],
+            prop_oneof![
+                Just(String::new()),
+                (prop_oneof![Just("e"), Just("E")], prop_oneof![Just(""), Just("+"), Just("-")], 290i64..320)
+                    .prop_map(|(e, s, n)| format!("{e}{s}{n}")),
+                (-1000i64..1000).prop_map(|n| format!("e{n}")),
+                Just("e99999999999999999999999".to_owned()),
+                Just("e".to_owned()),
+                Just("e5e5".to_owned()),
+            ],
+        )
+            .prop_map(|(sign, int, frac, exp)| format!("{sign}{int}{frac}{exp}"))
+    }
+
+    proptest! {
+        #[test]
+        fn numbers_beyond_f64_are_what_serde_json_says(token in any_number()) {
+            let serde = serde_json::from_str::<Value>(&token).err().map(|e| e.to_string());
+            let theirs = serde.is_some_and(|e| e.starts_with("number out of range"));
+            prop_assert_eq!(beyond_f64(token.as_bytes()), theirs, "{}", token);
+        }
+    }
+
+    #[test]
+    fn numbers_at_f64s_limits_are_what_serde_json_says() {
+        for token in [
+            "1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1.7976931348623159e308",
+            "-17976931348623159e292",
+            "179769313486231570000000000000000000000e270",
+            "0.0000000017976931348623159e317",
+            "9e307",
+            "1e309",
+            "10e308",
+            "0e999999",
+            "-0.0e400",
+            "1e-99999999999999999999",
+            "1e400e5",
+        ] {
+            let serde = serde_json::from_str::<Value>(token).err().map(|e| e.to_string());
+            let theirs = serde.is_some_and(|e| e.starts_with("number out of range"));
+            assert_eq!(beyond_f64(token.as_bytes()), theirs, "{token}");
+        }
     }
 
     /// A field value of each kind, as JSON text, and what a repaired parse reads.
