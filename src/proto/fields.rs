@@ -71,6 +71,29 @@ impl<'de> DeserializeSeed<'de> for Keep {
     }
 }
 
+/// Reads a key: `Some` (a copy) when `Keep` keeps it, `None` (no copy made) when not.
+struct KeyFilter(Keep);
+
+impl<'de> DeserializeSeed<'de> for KeyFilter {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyFilter {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Option<String>, E> {
+        Ok(self.0.keeps(key).then(|| key.to_owned()))
+    }
+}
+
 struct TopLevelVisitor(Keep);
 
 impl<'de> Visitor<'de> for TopLevelVisitor {
@@ -84,11 +107,11 @@ impl<'de> Visitor<'de> for TopLevelVisitor {
         let mut fields: Vec<(Box<str>, Value)> = Vec::with_capacity(map.size_hint().unwrap_or(4).min(16));
         // Where each key is, once there are more than `SCAN_MAX`.
         let mut index: Option<HashMap<Box<str>, usize>> = None;
-        while let Some(key) = map.next_key::<String>()? {
-            if !self.0.keeps(&key) {
+        while let Some(key) = map.next_key_seed(KeyFilter(self.0))? {
+            let Some(key) = key else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
-            }
+            };
             let value: Value = map.next_value()?;
             let at = match &index {
                 Some(index) => index.get(key.as_str()).copied(),
@@ -173,7 +196,16 @@ mod tests {
 
     #[test]
     fn bad_json_fails_with_serde_jsons_own_errors() {
-        for text in [r#"{"a":1e400}"#, r#"{"a":"\ud800"}"#, r#"[1e400]"#, r#"{"a":1,}"#, r#"{"a":1} x"#, "{"] {
+        for text in [
+            r#"{"a":1e400}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"[1e400]"#,
+            r#"{"a":1,}"#,
+            r#"{"a":1} x"#,
+            "{",
+            "{1:2}",
+            r#"{"\q":1}"#,
+        ] {
             let ours = parse(text, Keep::All).err().map(|e| e.to_string());
             let theirs = serde_json::from_str::<Value>(text).err().map(|e| e.to_string());
             assert_eq!(ours, theirs, "{text}");
