@@ -5,6 +5,7 @@ mod support;
 
 mod client;
 mod cluster;
+mod cost;
 mod framing;
 mod hardening;
 mod lifecycle;
