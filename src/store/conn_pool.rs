@@ -150,7 +150,7 @@ impl Drop for Slot<'_> {
 /// Whether the connection an error came from is unusable: a read or write failed
 /// (part of a reply may still come) or the protocol lost its place. A server's error
 /// reply leaves it fine.
-fn is_broken(e: &Error) -> bool {
+pub fn is_broken(e: &Error) -> bool {
     matches!(e, Error::IoError(_) | Error::CodecError(_) | Error::DriverError(_))
 }
 

@@ -18,8 +18,9 @@
 //!   (`ConnPool`'s stall). Every failure to reach the database is
 //!   [`StoreError::Unavailable`] (errno 503); the server stays up.
 //! - Prepared statements only (`exec_*` with bound parameters); each connection keeps
-//!   its statements in a cache. SQL text is never built from data. The one exception
-//!   to "prepared" is the schema at start: constant DDL sent as text.
+//!   its statements in a cache. SQL text is never built from data. The exceptions to
+//!   "prepared" are constant: the schema at start (DDL), and START TRANSACTION, COMMIT
+//!   and ROLLBACK, sent as text.
 //! - Statements that must agree run in one transaction (InnoDB): create/leave/delete
 //!   group, joining, a batch of stores or removals, and the mailbox drain. Isolation is
 //!   READ COMMITTED, so InnoDB takes no gap locks: storing mail never waits for a drain,
@@ -35,9 +36,9 @@
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{Conn, FromRowError, Opts, OptsBuilder, Transaction, TxOpts};
+use mysql::{Conn, FromRowError, Opts, OptsBuilder};
 
-use super::conn_pool::ConnPool;
+use super::conn_pool::{self, ConnPool};
 use super::{Credentials, Group, GroupId, Member, Result, Role, Store, StoreError, User, UserId};
 
 /// The schema, applied at every open; the same file operators load by hand.
@@ -142,14 +143,19 @@ impl MysqlStore {
         self.attempt(work)
     }
 
-    /// Runs `work` in one transaction; commits when it succeeds. When it fails, the
-    /// transaction is rolled back (when it is dropped) and nothing of it remains.
-    fn transaction<T>(&self, mut work: impl FnMut(&mut Transaction<'_>) -> Q<T>) -> Result<T> {
+    /// Runs `work` in one transaction; commits when it succeeds. When it fails, nothing
+    /// of it remains: it is rolled back, by ROLLBACK, or when the connection broke (it
+    /// is closed then) by the server, which rolls back what a closed connection left.
+    /// (The crate's `Transaction` sends ROLLBACK whatever happened, so a read that timed
+    /// out would be followed by another wait as long.)
+    fn transaction<T>(&self, mut work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         self.attempt(|conn| {
-            let mut tx = conn.start_transaction(TxOpts::default())?;
-            let out = work(&mut tx)?;
-            tx.commit()?;
-            Ok(out)
+            conn.query_drop("START TRANSACTION")?;
+            let out = work(conn).and_then(|out| Ok(conn.query_drop("COMMIT").map(|()| out)?));
+            if out.as_ref().is_err_and(|failure| !failure.sql().is_some_and(conn_pool::is_broken)) {
+                conn.query_drop("ROLLBACK")?;
+            }
+            out
         })
     }
 }
