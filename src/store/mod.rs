@@ -4,6 +4,7 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod conn_pool;
 mod mysql;
 mod sqlite;
 
