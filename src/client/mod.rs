@@ -100,13 +100,20 @@ where
     result
 }
 
+/// How long the end of a run waits for pushes already read to be printed. On a terminal
+/// the line editor's printer can wait for a `readline` that will not come.
+const LAST_PUSHES: Duration = Duration::from_secs(1);
+
 /// The session over a connection, then an orderly end: the socket is shut down, and
 /// pushes already read are printed before returning.
 fn drive(conn: Connection, screen: &Screen, input: &InputThread) -> Result<(), ClientError> {
     let printer = screen.spawn_push_printer(conn.pushes()).map_err(ClientError::Output)?;
     let result = Session::new(&conn, screen, input).run();
     drop(conn);
-    let _ = printer.join();
+    let deadline = std::time::Instant::now() + LAST_PUSHES;
+    while !printer.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     result
 }
 

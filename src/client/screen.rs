@@ -8,6 +8,9 @@
 //! Pushes go either inline to the output (plain mode: a pending prompt is moved below
 //! the message) or to an external printer (terminal mode: rustyline's
 //! `ExternalPrinter`, which prints above the line being edited without mangling it).
+//! The external printer is called outside the screen's mutex: it may wait until the
+//! line editor reads again, which it does only after the main thread has printed its
+//! answer and asked for the next line.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,32 +26,51 @@ pub type ExternalPrinter = Box<dyn FnMut(String) -> io::Result<()> + Send>;
 
 /// A handle on the shared output; clones share it. Safe to use from any thread.
 #[derive(Clone)]
-pub struct Screen(Arc<Mutex<State>>);
+pub struct Screen {
+    state: Arc<Mutex<State>>,
+    external: Option<Arc<Mutex<ExternalPrinter>>>,
+}
 
 struct State {
     out: Box<dyn Write + Send>,
     /// A prompt written (plain mode) and not yet followed by a newline.
     prompt: Option<String>,
-    external: Option<ExternalPrinter>,
 }
 
 /// Exclusive use of the screen; pushes wait while it is held.
 pub struct ScreenGuard<'a>(MutexGuard<'a, State>);
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Screen {
     /// A screen that prints pushes inline, into `out`.
     pub fn new(out: impl Write + Send + 'static) -> Screen {
-        Screen(Arc::new(Mutex::new(State { out: Box::new(out), prompt: None, external: None })))
+        Screen { state: Arc::new(Mutex::new(State { out: Box::new(out), prompt: None })), external: None }
     }
 
     /// A screen that prints pushes through `printer` and everything else into `out`.
     pub fn with_printer(out: impl Write + Send + 'static, printer: ExternalPrinter) -> Screen {
-        Screen(Arc::new(Mutex::new(State { out: Box::new(out), prompt: None, external: Some(printer) })))
+        Screen { external: Some(Arc::new(Mutex::new(printer))), ..Screen::new(out) }
     }
 
     /// Takes the screen; blocks while another thread prints.
     pub fn lock(&self) -> ScreenGuard<'_> {
-        ScreenGuard(self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        ScreenGuard(lock(&self.state))
+    }
+
+    /// Prints a message that arrived on its own (a push) without disturbing the input
+    /// line, after any answer being printed.
+    pub fn push(&self, text: &str) -> io::Result<()> {
+        let guard = self.lock();
+        match &self.external {
+            None => guard.push_inline(text),
+            Some(printer) => {
+                drop(guard);
+                (lock(printer))(format!("{text}\n"))
+            }
+        }
     }
 
     /// Starts the push printer thread: it prints each frame of `pushes` in words until
@@ -57,7 +79,7 @@ impl Screen {
         let screen = self.clone();
         std::thread::Builder::new().name("chat-pushes".into()).spawn(move || {
             for push in pushes {
-                if let Err(e) = screen.lock().push(&render::incoming(&push)) {
+                if let Err(e) = screen.push(&render::incoming(&push)) {
                     log::debug!("cannot print a push: {e}");
                 }
             }
@@ -94,12 +116,9 @@ impl ScreenGuard<'_> {
         Ok(())
     }
 
-    /// Prints a pushed message without disturbing the input line.
-    fn push(&mut self, text: &str) -> io::Result<()> {
+    /// Prints a pushed message inline, moving a pending prompt below it.
+    fn push_inline(mut self, text: &str) -> io::Result<()> {
         let state = &mut *self.0;
-        if let Some(printer) = state.external.as_mut() {
-            return printer(format!("{text}\n"));
-        }
         match &state.prompt {
             Some(prompt) => write!(state.out, "\n{text}\n{prompt}")?,
             None => writeln!(state.out, "{text}")?,
@@ -138,7 +157,7 @@ mod tests {
         let r = (|| {
             screen.lock().line("a")?;
             screen.lock().prompt("> ")?;
-            screen.lock().push("pushed")?;
+            screen.push("pushed")?;
             screen.lock().line("b")
         })();
         assert!(r.is_ok());
@@ -157,7 +176,7 @@ mod tests {
                 Ok(())
             }),
         );
-        assert!(screen.lock().push("x").is_ok());
+        assert!(screen.push("x").is_ok());
         assert_eq!(out.text(), "");
         assert_eq!(got.lock().map(|g| g.clone()).unwrap_or_default(), vec!["x\n".to_owned()]);
     }
