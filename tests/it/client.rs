@@ -12,6 +12,8 @@ use serde_json::json;
 
 use crate::support::{bin, unique, Client, Server, User, WAIT};
 
+mod tty;
+
 /// A running `ChatClient` with piped stdio; stdout and stderr are collected by threads.
 struct ChatClient {
     child: Child,
