@@ -88,7 +88,7 @@ where
     let _mode = ModeGuard::save();
     let (terminal, printer) = Terminal::open().map_err(ClientError::Input)?;
     let screen = match printer {
-        Some(printer) => Screen::with_printer(output, printer),
+        Some(printer) => Screen::with_printer(output, printer).map_err(ClientError::Output)?,
         None => Screen::new(output),
     };
     let input = InputThread::spawn(Box::new(terminal)).map_err(ClientError::Input)?;
@@ -110,10 +110,8 @@ fn drive(conn: Connection, screen: &Screen, input: &InputThread) -> Result<(), C
     let printer = screen.spawn_push_printer(conn.pushes()).map_err(ClientError::Output)?;
     let result = Session::new(&conn, screen, input).run();
     drop(conn);
-    let deadline = std::time::Instant::now() + LAST_PUSHES;
-    while !printer.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let _ = printer.join();
+    screen.settle(LAST_PUSHES);
     result
 }
 

@@ -5,18 +5,19 @@
 //! until its answer is printed, so a push that arrives right after a reply (say, just
 //! after LOGIN_ACK) is printed after that reply's words, never in the middle.
 //!
-//! Pushes go either inline to the output (plain mode: a pending prompt is moved below
-//! the message) or to an external printer (terminal mode: rustyline's
-//! `ExternalPrinter`, which prints above the line being edited without mangling it).
-//! The external printer is called outside the screen's mutex: it may wait until the
-//! line editor reads again, which it does only after the main thread has printed its
-//! answer and asked for the next line.
+//! Pushes, and notices the client prints on its own, go either inline to the output
+//! (plain mode: a pending prompt is moved below them) or, on a terminal, to the printer
+//! thread, which hands them to rustyline's `ExternalPrinter` to print above the line
+//! being edited. That printer can wait until the line editor reads again, which only
+//! the main thread can bring about; so only the printer thread ever calls it, and
+//! [`Screen::aside`] never waits for it.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use serde_json::Value;
 
 use super::render;
@@ -28,7 +29,8 @@ pub type ExternalPrinter = Box<dyn FnMut(String) -> io::Result<()> + Send>;
 #[derive(Clone)]
 pub struct Screen {
     state: Arc<Mutex<State>>,
-    external: Option<Arc<Mutex<ExternalPrinter>>>,
+    /// The printer thread's queue, on a terminal.
+    printer: Option<Sender<Job>>,
 }
 
 struct State {
@@ -37,38 +39,66 @@ struct State {
     prompt: Option<String>,
 }
 
+/// Work for the printer thread.
+enum Job {
+    Print(String),
+    /// Answer once everything queued before has been printed.
+    Flushed(Sender<()>),
+}
+
 /// Exclusive use of the screen; pushes wait while it is held.
 pub struct ScreenGuard<'a>(MutexGuard<'a, State>);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Screen {
     /// A screen that prints pushes inline, into `out`.
     pub fn new(out: impl Write + Send + 'static) -> Screen {
-        Screen { state: Arc::new(Mutex::new(State { out: Box::new(out), prompt: None })), external: None }
+        Screen { state: Arc::new(Mutex::new(State { out: Box::new(out), prompt: None })), printer: None }
     }
 
-    /// A screen that prints pushes through `printer` and everything else into `out`.
-    pub fn with_printer(out: impl Write + Send + 'static, printer: ExternalPrinter) -> Screen {
-        Screen { external: Some(Arc::new(Mutex::new(printer))), ..Screen::new(out) }
+    /// A screen that prints pushes through `printer`, on a thread of its own, and
+    /// everything else into `out`. The thread ends when the last clone is dropped.
+    pub fn with_printer(out: impl Write + Send + 'static, mut printer: ExternalPrinter) -> io::Result<Screen> {
+        let (tx, jobs) = unbounded::<Job>();
+        std::thread::Builder::new().name("chat-printer".into()).spawn(move || {
+            for job in jobs {
+                match job {
+                    Job::Print(text) => {
+                        if let Err(e) = printer(text) {
+                            log::debug!("cannot print above the input line: {e}");
+                        }
+                    }
+                    Job::Flushed(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(Screen { printer: Some(tx), ..Screen::new(out) })
     }
 
     /// Takes the screen; blocks while another thread prints.
     pub fn lock(&self) -> ScreenGuard<'_> {
-        ScreenGuard(lock(&self.state))
+        ScreenGuard(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Prints a message that arrived on its own (a push) without disturbing the input
-    /// line, after any answer being printed.
-    pub fn push(&self, text: &str) -> io::Result<()> {
+    /// Prints text that comes on its own (a push, a notice) without disturbing the input
+    /// line, after any answer being printed. Never waits for the line editor.
+    pub fn aside(&self, text: &str) -> io::Result<()> {
         let guard = self.lock();
-        match &self.external {
-            None => guard.push_inline(text),
-            Some(printer) => {
-                drop(guard);
-                (lock(printer))(format!("{text}\n"))
+        match &self.printer {
+            None => guard.aside_inline(text),
+            Some(printer) => printer
+                .send(Job::Print(format!("{text}\n")))
+                .map_err(|_| io::Error::other("the printer thread is gone")),
+        }
+    }
+
+    /// Waits, at most `within`, until what [`Screen::aside`] queued has been printed.
+    pub fn settle(&self, within: Duration) {
+        if let Some(printer) = &self.printer {
+            let (done, flushed) = bounded(1);
+            if printer.send(Job::Flushed(done)).is_ok() {
+                let _ = flushed.recv_timeout(within);
             }
         }
     }
@@ -79,7 +109,7 @@ impl Screen {
         let screen = self.clone();
         std::thread::Builder::new().name("chat-pushes".into()).spawn(move || {
             for push in pushes {
-                if let Err(e) = screen.push(&render::incoming(&push)) {
+                if let Err(e) = screen.aside(&render::incoming(&push)) {
                     log::debug!("cannot print a push: {e}");
                 }
             }
@@ -116,8 +146,8 @@ impl ScreenGuard<'_> {
         Ok(())
     }
 
-    /// Prints a pushed message inline, moving a pending prompt below it.
-    fn push_inline(mut self, text: &str) -> io::Result<()> {
+    /// Prints text inline, moving a pending prompt below it.
+    fn aside_inline(mut self, text: &str) -> io::Result<()> {
         let state = &mut *self.0;
         match &state.prompt {
             Some(prompt) => write!(state.out, "\n{text}\n{prompt}")?,
@@ -157,7 +187,7 @@ mod tests {
         let r = (|| {
             screen.lock().line("a")?;
             screen.lock().prompt("> ")?;
-            screen.push("pushed")?;
+            screen.aside("pushed")?;
             screen.lock().line("b")
         })();
         assert!(r.is_ok());
@@ -165,19 +195,23 @@ mod tests {
     }
 
     #[test]
-    fn pushes_go_to_the_external_printer() {
+    fn asides_never_wait_for_the_external_printer() {
         let out = Shared::default();
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&got);
-        let screen = Screen::with_printer(
-            out.clone(),
-            Box::new(move |s| {
-                sink.lock().map_err(|_| io::Error::other("poisoned"))?.push(s);
-                Ok(())
-            }),
-        );
-        assert!(screen.push("x").is_ok());
-        assert_eq!(out.text(), "");
-        assert_eq!(got.lock().map(|g| g.clone()).unwrap_or_default(), vec!["x\n".to_owned()]);
+        // A printer stuck until released, as rustyline's is until readline runs again.
+        let (release, released) = bounded::<()>(0);
+        let printer: ExternalPrinter = Box::new(move |s| {
+            let _ = released.recv();
+            sink.lock().map_err(|_| io::Error::other("poisoned"))?.push(s);
+            Ok(())
+        });
+        let Ok(screen) = Screen::with_printer(out.clone(), printer) else { panic!("no printer thread") };
+        assert!(screen.aside("x").is_ok() && screen.aside("y").is_ok());
+        assert!(screen.lock().line("answer").is_ok());
+        assert_eq!(out.text(), "answer\n");
+        drop(release);
+        screen.settle(Duration::from_secs(5));
+        assert_eq!(got.lock().map(|g| g.clone()).unwrap_or_default(), vec!["x\n".to_owned(), "y\n".to_owned()]);
     }
 }
