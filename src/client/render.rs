@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::commands::{Command, HELP};
+use super::outbox::Again;
 use crate::proto::msg::{errno, ERROR, GROUP_CHAT, ONE_CHAT};
 
 /// The menu shown before login.
@@ -152,6 +153,77 @@ pub fn login_summary(reply: &Value) -> Vec<String> {
     out
 }
 
+/// Who a command talks to, for sentences: `user 2`, `group 7`.
+fn target(cmd: &Command) -> String {
+    match cmd {
+        Command::Chat { to: id, .. } | Command::History { peer: id } => format!("user {id}"),
+        Command::GroupChat { group: id, .. } | Command::GroupHistory { group: id } => format!("group {id}"),
+        _ => "?".into(),
+    }
+}
+
+/// A page of HISTORY's reply to `cmd`: the messages, oldest first, each with its time;
+/// `older` when it continues the page shown before.
+pub fn history_page(cmd: &Command, reply: &Value, older: bool) -> Vec<String> {
+    let with = match cmd {
+        Command::GroupHistory { .. } => format!("in {}", target(cmd)),
+        _ => format!("with {}", target(cmd)),
+    };
+    let messages = reply.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if messages.is_empty() {
+        return vec![if older { format!("no older messages {with}") } else { format!("no messages {with} yet") }];
+    }
+    let mut out = vec![if older { format!("older messages {with}:") } else { format!("latest messages {with}:") }];
+    out.extend(messages.iter().map(|m| format!("  {}", chat_message(m))));
+    let again = match cmd {
+        Command::History { peer } => format!("history:{peer}"),
+        Command::GroupHistory { group } => format!("grouphistory:{group}"),
+        _ => String::new(),
+    };
+    if reply.get("more").and_then(Value::as_bool) == Some(true) {
+        out.push(format!("  ({again} again shows older messages)"));
+    } else {
+        out.push("  (the conversation starts here)".into());
+    }
+    out
+}
+
+/// The answer to a repeated history command after the first page of a conversation.
+pub fn no_older(cmd: &Command) -> String {
+    format!("no older messages: the conversation with {} starts above", target(cmd))
+}
+
+/// Why a chat message is not sent yet, and that it will be.
+pub fn unsent(cmd: &Command, why: &Again, waiting: usize) -> String {
+    let reason = match why {
+        Again::Busy => "the server is busy".to_owned(),
+        Again::NoReply => "the server did not answer".to_owned(),
+        Again::Lost(reason) => format!("the connection was lost ({})", clean(reason)),
+    };
+    let others = match waiting {
+        0 | 1 => String::new(),
+        n => format!(" (with {} more after it)", n - 1),
+    };
+    format!("{reason}: the message to {}{others} will be sent again", target(cmd))
+}
+
+/// A chat message queued behind others that are not sent yet.
+pub fn queued(cmd: &Command, ahead: usize) -> String {
+    format!("the message to {} waits for {ahead} earlier message(s) to be sent", target(cmd))
+}
+
+/// Chat messages given up on (logging out or leaving before they were acknowledged).
+pub fn not_sent(cmds: &[Command]) -> Vec<String> {
+    let mut out = vec![format!("{} message(s) could not be sent:", cmds.len())];
+    out.extend(cmds.iter().filter_map(|c| match c {
+        Command::Chat { msg, .. } | Command::GroupChat { msg, .. } => {
+            Some(format!("  to {}: {}", target(c), clean(msg)))
+        }
+        _ => None,
+    }));
+    out
+}
+
 /// The command list.
 pub fn help() -> Vec<String> {
     let width = HELP.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
@@ -185,19 +257,24 @@ pub fn outcome(cmd: &Command, reply: &Value) -> String {
             Command::AddGroup(g) => format!("you joined group {g}"),
             Command::DelGroup(g) => format!("you left group {g} (if you created it, it is deleted)"),
             Command::GroupChat { group, .. } => format!("message sent to group {group}"),
+            Command::History { .. } | Command::GroupHistory { .. } => history_page(cmd, reply, false).join("\n"),
             Command::LoginOut => "logged out".into(),
         };
     }
     let specific = match (errno, cmd) {
-        (errno::NOT_FOUND, Command::Chat { to: user, .. } | Command::AddFriend(user)) => {
-            Some(format!("user {user} does not exist"))
-        }
+        (
+            errno::NOT_FOUND,
+            Command::Chat { to: user, .. } | Command::AddFriend(user) | Command::History { peer: user },
+        ) => Some(format!("user {user} does not exist")),
         (errno::NOT_FOUND, Command::DelFriend(user)) => Some(format!("user {user} is not your friend")),
-        (errno::NOT_FOUND, Command::AddGroup(g) | Command::GroupChat { group: g, .. }) => {
-            Some(format!("group {g} does not exist"))
-        }
+        (
+            errno::NOT_FOUND,
+            Command::AddGroup(g) | Command::GroupChat { group: g, .. } | Command::GroupHistory { group: g },
+        ) => Some(format!("group {g} does not exist")),
         (errno::NOT_FOUND, Command::DelGroup(g)) => Some(format!("you are not in group {g}, or it does not exist")),
-        (errno::FORBIDDEN, Command::GroupChat { group, .. }) => Some(format!("you are not a member of group {group}")),
+        (errno::FORBIDDEN, Command::GroupChat { group, .. } | Command::GroupHistory { group }) => {
+            Some(format!("you are not a member of group {group}"))
+        }
         (errno::FORBIDDEN, _) => Some(format!("not allowed: {}", errmsg_of(reply))),
         (errno::CONFLICT, Command::AddFriend(f)) => Some(format!("user {f} is already your friend")),
         (errno::CONFLICT, Command::CreateGroup { name, .. }) => {
