@@ -113,8 +113,9 @@ pub fn registered(name: &str, reply: &Value) -> String {
     }
 }
 
-/// A successful LOGIN_ACK: the account, friends, groups and offline messages.
-pub fn login_summary(reply: &Value) -> Vec<String> {
+/// A successful LOGIN_ACK: the account, friends, groups and `offline`, its offline
+/// messages less any already shown.
+pub fn login_summary(reply: &Value, offline: &[Value]) -> Vec<String> {
     let mut out = vec![format!("======== logged in as {} (id {}) ========", text(reply, "name"), int(reply, "id"))];
     let friends = elements(reply, "friends");
     if friends.is_empty() {
@@ -143,13 +144,23 @@ pub fn login_summary(reply: &Value) -> Vec<String> {
             }
         }
     }
-    let offline = elements(reply, "offlinemsg");
     if offline.is_empty() {
         out.push("offline messages: none".into());
     } else {
-        out.push(format!("offline messages ({}):", offline.len()));
-        out.extend(offline.iter().map(|m| format!("  {}", chat_message(m))));
+        out.extend(offline_messages(offline));
     }
+    out
+}
+
+/// A LOGIN_ACK's offline messages, objects (v2) or JSON-encoded strings (v1).
+pub fn offline_of(reply: &Value) -> Vec<Value> {
+    elements(reply, "offlinemsg")
+}
+
+/// Offline messages under a heading, each with its time.
+pub fn offline_messages(offline: &[Value]) -> Vec<String> {
+    let mut out = vec![format!("offline messages ({}):", offline.len())];
+    out.extend(offline.iter().map(|m| format!("  {}", chat_message(m))));
     out
 }
 
@@ -312,7 +323,7 @@ mod tests {
             "friends": [{"id": 1, "name": "ann", "state": "online"}],
             "groups": [{"id": 7, "groupname": "g", "groupdesc": "d", "users": [{"id": 3, "name": "cat", "state": "online", "role": "creator"}]}],
             "offlinemsg": [{"msgid": 6, "id": 1, "name": "ann", "toid": 3, "msg": "m", "time": "t"}]});
-        let text = login_summary(&v2).join("\n");
+        let text = login_summary(&v2, &offline_of(&v2)).join("\n");
         for want in [
             "logged in as cat (id 3)",
             "  1 ann (online)",
@@ -324,7 +335,7 @@ mod tests {
             assert!(text.contains(want), "{want} not in\n{text}");
         }
         let v1 = json!({"id": 3, "name": "cat", "friends": ["{\"id\":1,\"name\":\"ann\",\"state\":\"offline\"}"]});
-        let text = login_summary(&v1).join("\n");
+        let text = login_summary(&v1, &offline_of(&v1)).join("\n");
         assert!(
             text.contains("  1 ann (offline)")
                 && text.contains("groups: none")

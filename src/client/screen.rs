@@ -1,42 +1,41 @@
-//! The client's output, shared by the main thread (menus, answers) and the push printer
-//! thread (messages as they arrive).
+//! The client's output, shared by the main thread (menus, answers, notices) and the
+//! push printer thread (messages as they arrive).
 //!
 //! One mutex guards it. The main thread holds [`ScreenGuard`] from sending a request
 //! until its answer is printed, so a push that arrives right after a reply (say, just
 //! after LOGIN_ACK) is printed after that reply's words, never in the middle.
 //!
-//! Pushes, and notices the client prints on its own, go either inline to the output
-//! (plain mode: a pending prompt is moved below them) or, on a terminal, to the printer
-//! thread, which hands them to rustyline's `ExternalPrinter` to print above the line
-//! being edited. That printer can wait until the line editor reads again, which only
-//! the main thread can bring about; so only the printer thread ever calls it, and
-//! [`Screen::aside`] never waits for it.
+//! In plain mode everything is written to the output at once; a push or a notice
+//! ([`Screen::aside`]) moves a pending prompt below it. On a terminal everything goes,
+//! in order, through one queue to the printer thread, which hands it to rustyline's
+//! `ExternalPrinter`: printed above the line being edited while rustyline reads,
+//! straight out otherwise. That printer can wait until the line editor reads again,
+//! which only the main thread can bring about; so only the printer thread ever calls
+//! it, and nothing here waits for it.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use serde_json::Value;
+use crossbeam_channel::{bounded, unbounded, Sender};
 
-use super::render;
-
-/// Prints one message (ending with `\n`) above the line being edited.
+/// Prints text (ending with `\n`) above the line being edited.
 pub type ExternalPrinter = Box<dyn FnMut(String) -> io::Result<()> + Send>;
 
 /// A handle on the shared output; clones share it. Safe to use from any thread.
 #[derive(Clone)]
-pub struct Screen {
-    state: Arc<Mutex<State>>,
-    /// The printer thread's queue, on a terminal.
-    printer: Option<Sender<Job>>,
-}
+pub struct Screen(Arc<Mutex<State>>);
 
 struct State {
-    out: Box<dyn Write + Send>,
+    sink: Sink,
     /// A prompt written (plain mode) and not yet followed by a newline.
     prompt: Option<String>,
+}
+
+enum Sink {
+    Plain(Box<dyn Write + Send>),
+    /// The printer thread's queue (terminal mode).
+    Printer(Sender<Job>),
 }
 
 /// Work for the printer thread.
@@ -49,22 +48,26 @@ enum Job {
 /// Exclusive use of the screen; pushes wait while it is held.
 pub struct ScreenGuard<'a>(MutexGuard<'a, State>);
 
+fn gone() -> io::Error {
+    io::Error::other("the printer thread is gone")
+}
+
 impl Screen {
-    /// A screen that prints pushes inline, into `out`.
+    /// A screen that writes everything to `out`.
     pub fn new(out: impl Write + Send + 'static) -> Screen {
-        Screen { state: Arc::new(Mutex::new(State { out: Box::new(out), prompt: None })), printer: None }
+        Screen(Arc::new(Mutex::new(State { sink: Sink::Plain(Box::new(out)), prompt: None })))
     }
 
-    /// A screen that prints pushes through `printer`, on a thread of its own, and
-    /// everything else into `out`. The thread ends when the last clone is dropped.
-    pub fn with_printer(out: impl Write + Send + 'static, mut printer: ExternalPrinter) -> io::Result<Screen> {
+    /// A screen that prints everything through `printer`, on a thread of its own, which
+    /// ends when the last clone of the screen is dropped.
+    pub fn with_printer(mut printer: ExternalPrinter) -> io::Result<Screen> {
         let (tx, jobs) = unbounded::<Job>();
         std::thread::Builder::new().name("chat-printer".into()).spawn(move || {
             for job in jobs {
                 match job {
                     Job::Print(text) => {
                         if let Err(e) = printer(text) {
-                            log::debug!("cannot print above the input line: {e}");
+                            log::debug!("cannot print: {e}");
                         }
                     }
                     Job::Flushed(done) => {
@@ -73,47 +76,30 @@ impl Screen {
                 }
             }
         })?;
-        Ok(Screen { printer: Some(tx), ..Screen::new(out) })
+        Ok(Screen(Arc::new(Mutex::new(State { sink: Sink::Printer(tx), prompt: None }))))
     }
 
     /// Takes the screen; blocks while another thread prints.
     pub fn lock(&self) -> ScreenGuard<'_> {
-        ScreenGuard(self.state.lock().unwrap_or_else(|p| p.into_inner()))
+        ScreenGuard(self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Prints text that comes on its own (a push, a notice) without disturbing the input
     /// line, after any answer being printed. Never waits for the line editor.
     pub fn aside(&self, text: &str) -> io::Result<()> {
-        let guard = self.lock();
-        match &self.printer {
-            None => guard.aside_inline(text),
-            Some(printer) => printer
-                .send(Job::Print(format!("{text}\n")))
-                .map_err(|_| io::Error::other("the printer thread is gone")),
-        }
+        self.lock().aside(text)
     }
 
-    /// Waits, at most `within`, until what [`Screen::aside`] queued has been printed.
+    /// Waits, at most `within`, until everything queued has been printed.
     pub fn settle(&self, within: Duration) {
-        if let Some(printer) = &self.printer {
-            let (done, flushed) = bounded(1);
-            if printer.send(Job::Flushed(done)).is_ok() {
-                let _ = flushed.recv_timeout(within);
-            }
+        let (done, flushed) = bounded(1);
+        let queued = match &self.lock().0.sink {
+            Sink::Printer(printer) => printer.send(Job::Flushed(done)).is_ok(),
+            Sink::Plain(_) => false,
+        };
+        if queued {
+            let _ = flushed.recv_timeout(within);
         }
-    }
-
-    /// Starts the push printer thread: it prints each frame of `pushes` in words until
-    /// the channel ends (when the connection's reader thread does).
-    pub fn spawn_push_printer(&self, pushes: Receiver<Value>) -> io::Result<JoinHandle<()>> {
-        let screen = self.clone();
-        std::thread::Builder::new().name("chat-pushes".into()).spawn(move || {
-            for push in pushes {
-                if let Err(e) = screen.aside(&render::incoming(&push)) {
-                    log::debug!("cannot print a push: {e}");
-                }
-            }
-        })
     }
 }
 
@@ -121,12 +107,16 @@ impl ScreenGuard<'_> {
     /// Writes `text` (one or more lines) and a newline.
     pub fn line(&mut self, text: &str) -> io::Result<()> {
         let state = &mut *self.0;
+        let out = match &mut state.sink {
+            Sink::Printer(printer) => return printer.send(Job::Print(format!("{text}\n"))).map_err(|_| gone()),
+            Sink::Plain(out) => out,
+        };
         if state.prompt.take().is_some() {
-            state.out.write_all(b"\n")?;
+            out.write_all(b"\n")?;
         }
-        state.out.write_all(text.as_bytes())?;
-        state.out.write_all(b"\n")?;
-        state.out.flush()
+        out.write_all(text.as_bytes())?;
+        out.write_all(b"\n")?;
+        out.flush()
     }
 
     /// Writes each of `lines`.
@@ -134,26 +124,34 @@ impl ScreenGuard<'_> {
         lines.iter().try_for_each(|l| self.line(l.as_ref()))
     }
 
-    /// Writes a prompt and leaves the cursor after it (plain mode).
+    /// Writes a prompt and leaves the cursor after it (plain mode; on a terminal the
+    /// line editor draws its own).
     pub fn prompt(&mut self, prompt: &str) -> io::Result<()> {
         let state = &mut *self.0;
+        let Sink::Plain(out) = &mut state.sink else { return Ok(()) };
         if state.prompt.take().is_some() {
-            state.out.write_all(b"\n")?;
+            out.write_all(b"\n")?;
         }
-        state.out.write_all(prompt.as_bytes())?;
-        state.out.flush()?;
+        out.write_all(prompt.as_bytes())?;
+        out.flush()?;
         state.prompt = Some(prompt.to_owned());
         Ok(())
     }
 
-    /// Prints text inline, moving a pending prompt below it.
-    fn aside_inline(mut self, text: &str) -> io::Result<()> {
+    /// Like [`Screen::aside`], with the screen already held.
+    pub fn aside(&mut self, text: &str) -> io::Result<()> {
         let state = &mut *self.0;
-        match &state.prompt {
-            Some(prompt) => write!(state.out, "\n{text}\n{prompt}")?,
-            None => writeln!(state.out, "{text}")?,
+        match (&mut state.sink, &state.prompt) {
+            (Sink::Printer(_), _) => self.line(text),
+            (Sink::Plain(out), Some(prompt)) => {
+                write!(out, "\n{text}\n{prompt}")?;
+                out.flush()
+            }
+            (Sink::Plain(out), None) => {
+                writeln!(out, "{text}")?;
+                out.flush()
+            }
         }
-        state.out.flush()
     }
 }
 
@@ -195,8 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn asides_never_wait_for_the_external_printer() {
-        let out = Shared::default();
+    fn nothing_waits_for_the_external_printer_and_order_is_kept() {
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&got);
         // A printer stuck until released, as rustyline's is until readline runs again.
@@ -206,12 +203,11 @@ mod tests {
             sink.lock().map_err(|_| io::Error::other("poisoned"))?.push(s);
             Ok(())
         });
-        let Ok(screen) = Screen::with_printer(out.clone(), printer) else { panic!("no printer thread") };
-        assert!(screen.aside("x").is_ok() && screen.aside("y").is_ok());
-        assert!(screen.lock().line("answer").is_ok());
-        assert_eq!(out.text(), "answer\n");
+        let Ok(screen) = Screen::with_printer(printer) else { panic!("no printer thread") };
+        assert!(screen.aside("x").is_ok() && screen.lock().line("answer").is_ok() && screen.aside("y").is_ok());
         drop(release);
         screen.settle(Duration::from_secs(5));
-        assert_eq!(got.lock().map(|g| g.clone()).unwrap_or_default(), vec!["x\n".to_owned(), "y\n".to_owned()]);
+        let want: Vec<String> = ["x\n", "answer\n", "y\n"].map(String::from).to_vec();
+        assert_eq!(got.lock().map(|g| g.clone()).unwrap_or_default(), want);
     }
 }
