@@ -12,7 +12,6 @@
 //! the token a v2 server gave in exchange (protocol §15), which then replaces it.
 
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, never, select};
@@ -25,7 +24,7 @@ use super::history::{Cursor, Next};
 use super::inbox::Inbox;
 use super::input::InputThread;
 use super::outbox::{Again, Outbox, Verdict};
-use super::pushes;
+use super::pushes::{self, PushPrinter};
 use super::render::{self, errno_of};
 use super::screen::{Screen, ScreenGuard};
 use super::Options;
@@ -90,22 +89,26 @@ impl Account {
 /// A connection and the push printer thread reading its pushes.
 struct Link {
     conn: Connection,
-    printer: Option<JoinHandle<()>>,
+    printer: Option<PushPrinter>,
 }
 
 impl Link {
     fn new(conn: Connection, screen: &Screen, inbox: &Arc<Mutex<Inbox>>) -> Result<Link, ClientError> {
-        let printer = pushes::spawn(conn.pushes(), conn.outlet(), screen.clone(), Arc::clone(inbox))
+        let printer = PushPrinter::spawn(conn.pushes(), conn.outlet(), screen.clone(), Arc::clone(inbox))
             .map_err(ClientError::Output)?;
         Ok(Link { conn, printer: Some(printer) })
     }
 
-    /// Shuts the connection down and waits until the pushes it read are printed. Never
-    /// called with the screen held: the push printer may be waiting for it.
+    /// Lets the push being printed be confirmed, shuts the connection down and waits
+    /// until the pushes it read are printed. Never called with the screen held: the
+    /// push printer may be waiting for it.
     fn finish(&mut self) {
+        if let Some(printer) = &self.printer {
+            printer.idle();
+        }
         self.conn.close();
         if let Some(printer) = self.printer.take() {
-            let _ = printer.join();
+            printer.join();
         }
     }
 }
