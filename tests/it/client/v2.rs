@@ -16,13 +16,25 @@ use serde_json::{json, Value};
 use super::{registered, ChatClient};
 use crate::support::{Client, Server, User};
 
-/// What the relay does with the frames it passes.
+/// What the relay does with the frames it passes, and what it saw.
 #[derive(Default)]
 struct Rules {
-    /// Keep the client's RECEIVED frames from the server.
+    /// Keep the client's RECEIVED frames from the server, on connections made while set.
     drop_received: AtomicBool,
     /// Keep the next ACK of a chat message from the client, and cut the connection.
     lose_next_chat_ack: AtomicBool,
+    /// Every frame from the client (`true`) or the server, in order per direction.
+    seen: Mutex<Vec<(bool, Value)>>,
+}
+
+impl Rules {
+    fn see(&self, up: bool, frame: &Value) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).push((up, frame.clone()));
+    }
+
+    fn seen(&self) -> Vec<(bool, Value)> {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// A TCP relay in front of a server, one upstream connection per client connection.
@@ -107,8 +119,10 @@ impl Relay {
                     .unwrap_or_else(|p| p.into_inner())
                     .extend([client.try_clone(), server.try_clone()].into_iter().flatten());
                 let up = Arc::clone(&rules);
+                let drop_received = rules.drop_received.load(Ordering::Relaxed);
                 pump(client, server, Arc::clone(&live), move |v| {
-                    if v["msgid"] == 18 && up.drop_received.load(Ordering::Relaxed) {
+                    up.see(true, v);
+                    if v["msgid"] == 18 && drop_received {
                         Pass::Drop
                     } else {
                         Pass::Forward
@@ -116,6 +130,7 @@ impl Relay {
                 });
                 let down = Arc::clone(&rules);
                 pump(server2, client2, Arc::clone(&live), move |v| {
+                    down.see(false, v);
                     let chat_ack = v["msgid"] == 15 && (v["req"] == 6 || v["req"] == 10);
                     if chat_ack && down.lose_next_chat_ack.swap(false, Ordering::Relaxed) {
                         Pass::DropAndCut
@@ -126,6 +141,27 @@ impl Relay {
             }
         });
         relay
+    }
+
+    /// The mids of the chat messages with text `msg` the server handed the client (live,
+    /// or offline in a LOGIN_ACK), once per handing.
+    fn handed(&self, msg: &str) -> Vec<i64> {
+        let mut mids = Vec::new();
+        for (up, v) in self.rules.seen() {
+            let offline = v["offlinemsg"].as_array().cloned().unwrap_or_default();
+            for m in offline.iter().chain([&v]) {
+                if !up && m["msg"] == msg && matches!(m["msgid"].as_i64(), Some(6 | 10)) {
+                    mids.extend(m["mid"].as_i64());
+                }
+            }
+        }
+        mids
+    }
+
+    /// Every mid the client confirmed with RECEIVED.
+    fn confirmed(&self) -> Vec<i64> {
+        let frames = self.rules.seen().into_iter().filter(|(up, v)| *up && v["msgid"] == 18);
+        frames.flat_map(|(_, v)| v["mids"].as_array().cloned().unwrap_or_default()).filter_map(|m| m.as_i64()).collect()
     }
 
     /// Cuts every connection through the relay, as a network failure would.
@@ -202,7 +238,8 @@ fn what_the_client_shows_is_confirmed_and_not_handed_again() {
     for m in ["offline one", "offline two"] {
         assert_eq!(bob.c.call(json!({"msgid": 6, "toid": id, "msg": m}))["errno"], 0);
     }
-    let mut cli = ChatClient::start(s.addr);
+    let relay = Relay::start(s.addr);
+    let mut cli = ChatClient::start(relay.addr);
     cli.login(id, &name);
     // The offline messages are shown with the time the server stamped.
     let out = cli.stdout();
@@ -211,7 +248,13 @@ fn what_the_client_shows_is_confirmed_and_not_handed_again() {
     cli.expect("live one");
     cli.finish();
 
-    // All three were confirmed: a new v2 session gets none of them again.
+    // Each was handed once, with a mid, and confirmed; a new v2 session gets none again.
+    let confirmed = relay.confirmed();
+    for m in ["offline one", "offline two", "live one"] {
+        let handed = relay.handed(m);
+        assert_eq!(handed.len(), 1, "{m}: {handed:?}");
+        assert!(confirmed.contains(&handed[0]), "{m} ({handed:?}) not in RECEIVED {confirmed:?}");
+    }
     let mut again = Client::connect(s.addr);
     let ack = login_v2(&mut again, id);
     assert!(ack.get("offlinemsg").is_none_or(|o| o.as_array().is_some_and(Vec::is_empty)), "{ack}");
@@ -225,23 +268,27 @@ fn unconfirmed_messages_come_again_and_are_shown_once() {
     let mut bob = User::new(&s, "bob");
     let (id, name) = registered(&s, "ned");
     let relay = Relay::start(s.addr);
+    // On the first connection the client confirms, but the server never hears it.
+    relay.rules.drop_received.store(true, Ordering::Relaxed);
     let mut cli = ChatClient::start(relay.addr);
     cli.login(id, &name);
-
-    // The client confirms, but the server never hears it.
-    relay.rules.drop_received.store(true, Ordering::Relaxed);
+    relay.rules.drop_received.store(false, Ordering::Relaxed);
     for m in ["unconfirmed one", "unconfirmed two"] {
         assert_eq!(bob.c.call(json!({"msgid": 6, "toid": id, "msg": m}))["errno"], 0);
     }
     cli.expect("unconfirmed two");
-    relay.rules.drop_received.store(false, Ordering::Relaxed);
     relay.cut();
     // The server hands both again at the new login; the client drops them by mid.
     cli.expect("reconnected to");
     assert_eq!(bob.c.call(json!({"msgid": 6, "toid": id, "msg": "after the cut"}))["errno"], 0);
     cli.expect("after the cut");
     let out = cli.stdout();
-    assert_eq!((out.matches("unconfirmed one").count(), out.matches("unconfirmed two").count()), (1, 1), "{out}");
+    for m in ["unconfirmed one", "unconfirmed two"] {
+        // Handed twice (live, then again at the new login), shown once.
+        let handed = relay.handed(m);
+        assert!(handed.len() == 2 && handed[0] == handed[1], "{m}: {handed:?}");
+        assert_eq!(out.matches(m).count(), 1, "{out}");
+    }
     cli.finish();
     // Now they are confirmed.
     let mut again = Client::connect(s.addr);
