@@ -272,7 +272,11 @@ pub fn outcome(cmd: &Command, reply: &Value) -> String {
             Command::LoginOut => "logged out".into(),
         };
     }
+    let unknown_request = reply.get("msgid").and_then(Value::as_i64) == Some(ERROR);
     let specific = match (errno, cmd) {
+        (errno::MALFORMED, Command::History { .. } | Command::GroupHistory { .. }) if unknown_request => {
+            Some("this server keeps no history".into())
+        }
         (
             errno::NOT_FOUND,
             Command::Chat { to: user, .. } | Command::AddFriend(user) | Command::History { peer: user },
@@ -359,6 +363,11 @@ mod tests {
         assert_eq!(outcome(&Command::ShowFriendList, &r(999)), "server text");
         assert_eq!(outcome(&Command::ShowFriendList, &json!({"errno": 999})), "error 999");
         assert_eq!(login_failure(&r(1)), "wrong user id or password");
+        // A server without HISTORY answers it as an unknown request.
+        let unknown = json!({"msgid": 11, "errno": 400, "errmsg": "unknown msgid 19"});
+        assert_eq!(outcome(&Command::History { peer: 2 }, &unknown), "this server keeps no history");
+        assert_eq!(outcome(&Command::GroupHistory { group: 7 }, &r(404)), "group 7 does not exist");
+        assert_eq!(outcome(&Command::History { peer: 2 }, &r(404)), "user 2 does not exist");
         assert_eq!(registered("bob", &r(409)), "the name bob is already taken");
         assert_eq!(
             registered("bob", &json!({"errno": 0, "id": 12})),
@@ -376,5 +385,28 @@ mod tests {
         let list = json!({"errno": 0, "friends": [{"id": 2, "name": "bob", "state": "online"}]});
         assert_eq!(outcome(&Command::ShowFriendList, &list), "friends (1):\n  2 bob (online)");
         assert_eq!(outcome(&Command::ShowFriendList, &json!({"errno": 0, "friends": []})), "you have no friends yet");
+    }
+
+    #[test]
+    fn history_pages_and_unsent_messages_are_words() {
+        let h = Command::GroupHistory { group: 7 };
+        let page = json!({"errno": 0, "more": false, "messages": [
+            {"msgid": 10, "id": 1, "name": "ann", "groupid": 7, "msg": "hi", "time": "t1", "mid": 3}]});
+        assert_eq!(
+            history_page(&h, &page, true),
+            vec!["older messages in group 7:", "  [t1] group 7 | ann (1): hi", "  (the conversation starts here)"]
+        );
+        assert_eq!(history_page(&h, &json!({"errno": 0, "messages": []}), false), vec!["no messages in group 7 yet"]);
+        let chat = Command::Chat { to: 2, msg: "a\u{1b}b".into() };
+        assert_eq!(
+            unsent(&chat, &Again::Busy, 3),
+            "the server is busy: the message to user 2 (with 2 more after it) will be sent again"
+        );
+        assert_eq!(
+            unsent(&chat, &Again::NoReply, 1),
+            "the server did not answer: the message to user 2 will be sent again"
+        );
+        assert_eq!(queued(&chat, 1), "the message to user 2 waits for 1 earlier message(s) to be sent");
+        assert_eq!(not_sent(&[chat]), vec!["1 message(s) could not be sent:", "  to user 2: a\\u{1b}b"]);
     }
 }
