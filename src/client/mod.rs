@@ -105,15 +105,19 @@ where
     let conn = Connection::connect(host, port, options)?;
     let _mode = ModeGuard::save();
     let (terminal, printer) = Terminal::open().map_err(ClientError::Input)?;
-    let screen = match printer {
-        Some(printer) => Screen::with_printer(printer).map_err(ClientError::Output)?,
-        None => Screen::new(output),
+    let (screen, mut direct) = match printer {
+        Some(printer) => (Screen::with_printer(printer).map_err(ClientError::Output)?, Some(output)),
+        None => (Screen::new(output), None),
     };
     let input = InputThread::spawn(Box::new(terminal)).map_err(ClientError::Input)?;
     let result = drive(host, port, options, conn, &screen, &input);
     if result.is_err() {
-        // rustyline may still be reading a line: leave that line, and its bracketed-paste mode.
-        let _ = screen.lock().line(terminal::leave_editing());
+        // rustyline may still be reading a line: leave that line, and its bracketed-paste
+        // mode, straight on the terminal (its printer would print them as text).
+        let _ = match direct.as_mut() {
+            Some(out) => writeln!(out, "{}", terminal::leave_editing()).and_then(|()| out.flush()),
+            None => screen.lock().line(terminal::leave_editing()),
+        };
     }
     result
 }

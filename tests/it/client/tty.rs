@@ -18,6 +18,8 @@ use serde_json::json;
 
 use crate::support::{bin, Server, User, WAIT};
 
+use super::registered;
+
 /// A `ChatClient` whose stdin and stdout are the slave side of a pseudo-terminal.
 struct Tty {
     child: Child,
@@ -73,10 +75,15 @@ fn play_terminal(mut master: File, screen: Arc<Mutex<Vec<u8>>>) {
 
 impl Tty {
     fn start(addr: SocketAddr) -> Tty {
+        Tty::start_with(addr, &[])
+    }
+
+    fn start_with(addr: SocketAddr, flags: &[&str]) -> Tty {
         let (master, slave) = openpty();
         let io = || Stdio::from(slave.try_clone().expect("dup the pty slave"));
         let child = Command::new(bin("ChatClient"))
             .args([addr.ip().to_string(), addr.port().to_string()])
+            .args(flags)
             .env_remove("RUST_LOG")
             .env("TERM", "xterm-256color")
             .stdin(io())
@@ -90,6 +97,15 @@ impl Tty {
         let screen = Arc::new(Mutex::new(Vec::new()));
         play_terminal(master, Arc::clone(&screen));
         Tty { child, keys, screen, seen: 0 }
+    }
+
+    /// Whether the terminal is back in line mode with echo, as a shell wants it.
+    fn cooked(&self) -> bool {
+        // SAFETY: termios is plain data that tcgetattr fills; the master is open.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        let rc = unsafe { libc::tcgetattr(std::os::fd::AsRawFd::as_raw_fd(&self.keys), &mut t) };
+        assert_eq!(rc, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+        t.c_lflag & (libc::ICANON | libc::ECHO) == (libc::ICANON | libc::ECHO)
     }
 
     fn screen(&self) -> String {
@@ -170,12 +186,6 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A user registered over the raw protocol (not logged in).
-fn registered(s: &Server, prefix: &str) -> (i64, String) {
-    let name = crate::support::unique(prefix);
-    (s.client().register(&name, "pw"), name)
-}
-
 #[test]
 fn a_command_typed_in_one_write_is_sent_at_once() {
     let s = Server::start(&[]);
@@ -243,4 +253,21 @@ fn a_command_typed_in_one_write_is_sent_while_pushes_arrive() {
         at = cli.wait_for(&format!("): push {n}\r"), at);
     }
     cli.finish();
+}
+
+#[test]
+fn a_vanished_server_leaves_the_terminal_as_it_was() {
+    let mut s = Server::start(&[]);
+    let (id, name) = registered(&s, "tty");
+    let mut cli = Tty::start_with(s.addr, &["--reconnect", "0"]);
+    cli.login(id, &name);
+    // Half a line typed when the server dies.
+    cli.type_at_once("chat:1:half");
+    cli.expect("half");
+    s.signal("KILL", WAIT);
+    let status = cli.exit();
+    assert_eq!(status.code(), Some(1), "screen:\n{}", cli.screen());
+    // The line being edited is left, bracketed paste is off, and the modes are back.
+    cli.expect("\x1b[?2004l\r\n");
+    assert!(cli.cooked(), "the terminal is left in raw mode");
 }
