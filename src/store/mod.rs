@@ -5,6 +5,7 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod conn_pool;
 mod log_writer;
 mod mysql;
 mod schema;

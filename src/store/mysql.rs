@@ -5,20 +5,23 @@
 //! thread that builds the server, before any request is served.
 //!
 //! Layout:
-//! - A bounded pool of connections (the `mysql` crate's `Pool`): at most `pool_size`
-//!   (`--db-pool`, default workers + 2, so no worker waits for a connection), of which
-//!   one is opened at start and the rest on demand. A connection taken from the pool is
-//!   pinged first, so connections that died while the database was away are dropped and
-//!   replaced: after an outage the pool recovers by itself, without a restart.
+//! - A bounded pool of connections ([`ConnPool`]): at most `pool_size` (`--db-pool`,
+//!   default workers + 2, so no worker waits for a connection), of which one is opened
+//!   at start and the rest on demand. A connection taken from the pool is pinged first,
+//!   so connections that died while the database was away are dropped and replaced,
+//!   and one whose read or write failed is closed: after an outage the pool recovers
+//!   by itself, without a restart.
 //! - Nothing waits for long: connecting gives up after [`CONNECT_TIMEOUT`], a read or a
 //!   write after [`IO_TIMEOUT`], waiting for a free connection after [`CHECKOUT_TIMEOUT`],
-//!   and a row lock after 3 s ([`LOCK_WAIT`]). Every failure to reach the database is
+//!   and a row lock after 1 s ([`LOCK_WAIT`]). So a database that stops answering (hung,
+//!   stopped) costs a request 1.5 s; then, for a second at a time, requests fail at once
+//!   (`ConnPool`'s stall). Every failure to reach the database is
 //!   [`StoreError::Unavailable`] (errno 503); the server stays up.
 //! - Prepared statements only (`exec_*` with bound parameters); each connection keeps
 //!   its statements in a cache. SQL text is never built from data: the multi-row
 //!   statements of the message log repeat a constant placeholder group 1, 2, 4, ... or
-//!   [`MAX_ROWS`] times. The one exception to "prepared" is the schema at start:
-//!   constant DDL sent as text.
+//!   [`MAX_ROWS`] times. The exceptions to "prepared" are constant: the
+//!   schema at start (DDL), and START TRANSACTION, COMMIT and ROLLBACK, sent as text.
 //! - The message log: `append` is one transaction. Its messages go in as multi-row
 //!   INSERTs when InnoDB gives one statement's rows consecutive auto-increment values
 //!   (`innodb_autoinc_lock_mode` 0 or 1, read in the transaction with the step), else
@@ -42,30 +45,31 @@
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{FromRowError, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
+use mysql::{Conn, FromRowError, Opts, OptsBuilder};
 
+use super::conn_pool::{self, ConnPool};
 use super::{
     schema, Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
     StoreError, User, UserId,
 };
 
 /// How long opening a TCP connection to the database may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one read or write on a database connection may block.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one read or write on a database connection may block: what a database
+/// that stopped answering costs a request before its 503 (at most one such wait per
+/// request: see `ConnPool`).
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a caller waits for a free connection when all `pool_size` are in use.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a statement waits for a row lock, in seconds: 3, below [`IO_TIMEOUT`] so
+/// How long a statement waits for a row lock, in seconds: 1, below [`IO_TIMEOUT`] so
 /// that the server, not the socket, gives up first (the server's default is 50).
-const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 3";
-/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout.
+const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 1";
+/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout,
+/// or that lost a race.
 const ATTEMPTS: u32 = 5;
 /// Prepared statements kept per connection: about 25 distinct queries, and the
 /// multi-row ones in up to 9 sizes each.
 const STATEMENT_CACHE: usize = 128;
-/// Connections opened when the pool is created: one, which proves the database is
-/// reachable; the rest are opened on demand (the crate's default opens ten at once).
-const POOL_MIN: usize = 1;
 
 /// Run on every new connection, before it is used. Constant text.
 const SESSION_INIT: &[&str] = &[
@@ -92,7 +96,7 @@ const EXPIRE_BATCH: usize = 1000;
 
 /// A [`Store`] on a MySQL or MariaDB database, shared by all worker threads.
 pub struct MysqlStore {
-    pool: Pool,
+    pool: ConnPool,
     /// `host:port/db` for messages: the URL without its credentials.
     target: String,
 }
@@ -103,10 +107,10 @@ impl MysqlStore {
     /// cannot be reached; it does not wait for it to come up.
     pub fn open(url: &str, pool_size: usize) -> Result<MysqlStore> {
         let target = redact(url);
-        let opts = pool_options(url, pool_size)
+        let opts = conn_options(url)
             .map_err(|why| StoreError::Unavailable(format!("database URL mysql://{target}: {why}")))?;
-        let pool =
-            Pool::new(opts).map_err(|e| StoreError::Unavailable(format!("cannot connect to mysql://{target}: {e}")))?;
+        let pool = ConnPool::new(opts, pool_size, CHECKOUT_TIMEOUT)
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to mysql://{target}: {e}")))?;
         let store = MysqlStore { pool, target };
         store.apply_schema()?;
         log::info!("mysql: using mysql://{} (pool of {pool_size})", store.target);
@@ -143,18 +147,13 @@ impl MysqlStore {
         })
     }
 
-    /// A connection for the caller's exclusive use; it goes back to the pool on drop.
-    fn conn(&self) -> std::result::Result<PooledConn, Failure> {
-        self.pool.try_get_conn(CHECKOUT_TIMEOUT).map_err(Failure::Sql)
-    }
-
     /// Runs `work` on a pooled connection, again from the start (on a connection from
     /// the pool again) when the server aborted it for a deadlock or a lock timeout.
-    fn attempt<T>(&self, mut work: impl FnMut(&mut PooledConn) -> Q<T>) -> Result<T> {
+    fn attempt<T>(&self, mut work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.conn().and_then(|mut conn| work(&mut conn)) {
+            match self.pool.run(&mut work, Failure::sql) {
                 Ok(out) => return Ok(out),
                 Err(failure) if failure.is_transient() && tries < ATTEMPTS => {
                     log::debug!("mysql: retrying after {failure}");
@@ -166,18 +165,23 @@ impl MysqlStore {
     }
 
     /// Runs one statement in autocommit mode: single reads and single-row writes.
-    fn single<T>(&self, work: impl FnMut(&mut PooledConn) -> Q<T>) -> Result<T> {
+    fn single<T>(&self, work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         self.attempt(work)
     }
 
-    /// Runs `work` in one transaction; commits when it succeeds. When it fails, the
-    /// transaction is rolled back (when it is dropped) and nothing of it remains.
-    fn transaction<T>(&self, mut work: impl FnMut(&mut Transaction<'_>) -> Q<T>) -> Result<T> {
+    /// Runs `work` in one transaction; commits when it succeeds. When it fails, nothing
+    /// of it remains: it is rolled back, by ROLLBACK, or when the connection broke (it
+    /// is closed then) by the server, which rolls back what a closed connection left.
+    /// (The crate's `Transaction` sends ROLLBACK whatever happened, so a read that timed
+    /// out would be followed by another wait as long.)
+    fn transaction<T>(&self, mut work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         self.attempt(|conn| {
-            let mut tx = conn.start_transaction(TxOpts::default())?;
-            let out = work(&mut tx)?;
-            tx.commit()?;
-            Ok(out)
+            conn.query_drop("START TRANSACTION")?;
+            let out = work(conn).and_then(|out| Ok(conn.query_drop("COMMIT").map(|()| out)?));
+            if out.as_ref().is_err_and(|failure| !failure.sql().is_some_and(conn_pool::is_broken)) {
+                conn.query_drop("ROLLBACK")?;
+            }
+            out
         })
     }
 }
@@ -189,20 +193,11 @@ fn backoff(tries: u32) -> Duration {
     Duration::from_micros(u64::from(tries) * 5_000 + u64::from(jitter % 10_000))
 }
 
-/// The pool's options: the URL's, with the limits and settings this backend relies on.
-fn pool_options(url: &str, pool_size: usize) -> std::result::Result<Opts, String> {
+/// The connections' options: the URL's, with the limits and settings this backend
+/// relies on. (Connections given back to the pool are not reset: every transaction
+/// here ends in COMMIT or ROLLBACK and no session state changes after SESSION_INIT.)
+fn conn_options(url: &str) -> std::result::Result<Opts, String> {
     let parsed = Opts::from_url(url).map_err(|e| e.to_string())?;
-    let constraints =
-        PoolConstraints::new(POOL_MIN, pool_size.max(POOL_MIN)).ok_or_else(|| format!("bad pool size {pool_size}"))?;
-    let pool = PoolOpts::default()
-        .with_constraints(constraints)
-        // The default resets every connection given back, which also drops its
-        // statement cache. Every transaction here ends in COMMIT or ROLLBACK and no
-        // session state is changed after SESSION_INIT, so there is nothing to reset.
-        .with_reset_connection(false)
-        // Ping a pooled connection before handing it out: connections that died in an
-        // outage are replaced instead of failing the request after the database is back.
-        .with_check_health(true);
     let opts = OptsBuilder::from_opts(parsed)
         // The crate's default switches a loopback TCP URL to the server's unix socket,
         // silently: the URL says TCP, so TCP it is.
@@ -212,8 +207,7 @@ fn pool_options(url: &str, pool_size: usize) -> std::result::Result<Opts, String
         .write_timeout(Some(IO_TIMEOUT))
         .tcp_nodelay(true)
         .stmt_cache_size(STATEMENT_CACHE)
-        .init(SESSION_INIT.to_vec())
-        .pool_opts(pool);
+        .init(SESSION_INIT.to_vec());
     Ok(opts.into())
 }
 
@@ -270,6 +264,14 @@ impl std::fmt::Display for Failure {
 }
 
 impl Failure {
+    /// The database's error, if that is what it is.
+    fn sql(&self) -> Option<&mysql::Error> {
+        match self {
+            Failure::Sql(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The work was rolled back and may simply be run again.
     fn is_transient(&self) -> bool {
         match self {
@@ -967,7 +969,7 @@ mod tests {
 
     #[test]
     fn options_keep_the_url_and_override_the_defaults() {
-        let opts = pool_options("mysql://u:p@127.0.0.1:3307/chat?prefer_socket=true", 7).expect("options");
+        let opts = conn_options("mysql://u:p@127.0.0.1:3307/chat?prefer_socket=true").expect("options");
         assert_eq!(opts.get_tcp_port(), 3307);
         assert_eq!(opts.get_user(), Some("u"));
         assert_eq!(opts.get_pass(), Some("p"));
@@ -977,11 +979,7 @@ mod tests {
         assert_eq!(opts.get_read_timeout(), Some(&IO_TIMEOUT));
         assert_eq!(opts.get_write_timeout(), Some(&IO_TIMEOUT));
         assert_eq!(opts.get_stmt_cache_size(), STATEMENT_CACHE);
-        let pool = opts.get_pool_opts();
-        assert_eq!((pool.constraints().min(), pool.constraints().max()), (POOL_MIN, 7));
-        assert!(!pool.reset_connection());
-        assert!(pool.check_health());
-        assert!(pool_options("postgres://x/y", 4).is_err());
+        assert!(conn_options("postgres://x/y").is_err());
     }
 
     #[test]
@@ -989,6 +987,12 @@ mod tests {
         assert!(SESSION_INIT.contains(&LOCK_WAIT));
         let secs: u64 = LOCK_WAIT.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("seconds");
         assert!(Duration::from_secs(secs) < IO_TIMEOUT);
+    }
+
+    #[test]
+    fn a_database_that_does_not_answer_costs_a_request_less_than_two_seconds() {
+        // A request waits for one of them at most: connecting, or one read or write.
+        assert!(CONNECT_TIMEOUT.max(IO_TIMEOUT) < Duration::from_secs(2));
     }
 
     #[test]
