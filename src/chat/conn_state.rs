@@ -2,14 +2,26 @@
 //!
 //! Not thread safe, but in loop: it lives in `Connection::ctx` and only the owning loop
 //! touches it. Workers change it through closures they queue on that loop.
+//!
+//! Backpressure: a connection has at most [`MAX_IN_FLIGHT`] requests at workers. At the
+//! cap the frontend pauses reading it; replies resume it once no more than
+//! [`RESUME_IN_FLIGHT`] are left (`answered`), so a client that pipelines without
+//! reading is held back by its own TCP window, not by the server's memory.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::worker::Job;
 use crate::net::Connection;
 use crate::proto::codec::FrameDecoder;
 use crate::store::UserId;
+
+/// Requests of one connection at workers at most; then it is not read until replies
+/// drain.
+pub const MAX_IN_FLIGHT: u32 = 64;
+/// Requests in flight at which a connection paused at the cap is read again.
+pub const RESUME_IN_FLIGHT: u32 = MAX_IN_FLIGHT / 2;
 
 /// Pushes (or a LOGIN_ACK's offline messages) handed to a connection whose socket has
 /// not taken them yet: if it closes first they go back to the mailbox.
@@ -25,9 +37,15 @@ pub struct ConnState {
     /// The logged-in user, from the moment its LOGIN_ACK was queued, and its name.
     pub user: Option<UserId>,
     pub name: Arc<str>,
-    /// Requests handed to a worker and not answered yet. While non-zero, replies made
-    /// on the loop go through the worker too, so replies keep request order.
+    /// Requests handed to a worker and not answered yet (at most `MAX_IN_FLIGHT`).
+    /// While non-zero, replies made on the loop go through the worker too, so replies
+    /// keep request order.
     pub in_flight: u32,
+    /// A job the worker's full queue refused: it goes first once there is room, and
+    /// the connection is not read until then.
+    pub stalled: Option<Job>,
+    /// Waiting to hear that the worker's queue has room.
+    pub awaiting_room: bool,
     /// A fatal frame error was answered; further input is discarded.
     pub failed: bool,
     /// The user's mailbox is being pumped: ask for the next batch once output drains.
@@ -45,12 +63,23 @@ impl ConnState {
             user: None,
             name: Arc::from(""),
             in_flight: 0,
+            stalled: None,
+            awaiting_room: false,
             failed: false,
             want_pump: false,
             bucket: TokenBucket::new(rate),
             max_outbuf,
             handed: VecDeque::new(),
         }
+    }
+}
+
+/// A request's reply is being queued on the loop (from a worker's closure): one fewer
+/// in flight, and reading resumes once few enough are left.
+pub fn answered(conn: &mut Connection<ConnState>) {
+    conn.ctx.in_flight = conn.ctx.in_flight.saturating_sub(1);
+    if conn.ctx.in_flight <= RESUME_IN_FLIGHT {
+        conn.resume_reading();
     }
 }
 
