@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use super::conn_state::{send_frame, take_unsent, ConnState, MAX_IN_FLIGHT};
 use super::hub::Hub;
 use super::message;
+use super::test_hooks;
 use super::worker::Job;
 use super::worker_pool::WorkerPool;
 use crate::net::{ConnRef, Connection, Handler};
@@ -141,7 +142,10 @@ impl Frontend {
                 let fail = Fail::new(errno::TOO_MANY, "too many requests, slow down");
                 self.answer(conn, reply(reply_type(req.msgid), req.msgid, req.reqid.as_ref(), Err(fail)), false);
             }
-            Ok(req) if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 => {
+            Ok(req)
+                if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 && !test_hooks::to_worker(&req) =>
+            {
+                test_hooks::panic_here(&req, test_hooks::Site::Loop);
                 send_frame(conn, &reply(msg::PONG, msg::PING, req.reqid.as_ref(), Ok(Default::default())));
             }
             Ok(req) if req.msgid == msg::ONE_CHAT && message::one_chat_now(&self.hub, conn, &req) => {}
