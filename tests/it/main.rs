@@ -3,6 +3,7 @@
 
 mod support;
 
+mod backpressure;
 mod client;
 mod cluster;
 mod framing;
