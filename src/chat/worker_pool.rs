@@ -56,14 +56,13 @@ impl<J> Dispatcher<J> {
     pub fn try_dispatch(&self, key: u64, job: J) -> Result<(), J> {
         let (i, queue) = self.queue(key);
         self.busy.fetch_add(1, Ordering::AcqRel);
-        match queue.try_push(job) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.busy.fetch_sub(1, Ordering::AcqRel);
-                match e {
-                    PushError::Full(job) => Err(job),
-                    PushError::Closed => Ok(log::error!("worker {i} has stopped; a job was dropped")),
-                }
+        let Err(e) = queue.try_push(job) else { return Ok(()) };
+        self.busy.fetch_sub(1, Ordering::AcqRel);
+        match e {
+            PushError::Full(job) => Err(job),
+            PushError::Closed => {
+                log::error!("worker {i} has stopped; a job was dropped");
+                Ok(())
             }
         }
     }
