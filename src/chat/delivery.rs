@@ -62,7 +62,8 @@ impl Hub {
             Offer::Queued => Ok(()),
             Offer::Flush(conn) => {
                 let registry = Arc::clone(&self.registry);
-                self.loops.run(conn, move |c| {
+                // Never waits (a loop may be offering): one such task per user at most.
+                self.loops.post(conn, move |c| {
                     if let Some(c) = c {
                         flush_pending(&registry, c);
                     }

@@ -2,13 +2,15 @@
 //! here, and the loops through which replies and pushes reach connections.
 //!
 //! Built once in `chat::run` and passed down; no globals. Its methods block and run on
-//! worker threads only, except `offer` (`delivery`), which any thread may call.
+//! worker threads only, except `offer` (`delivery`), which any thread may call. What
+//! they queue on a loop waits while that loop's queue is full (`LoopPool::run`), which
+//! cannot deadlock: a loop never waits for a worker.
 
 use std::sync::Arc;
 
 use crossbeam_channel::bounded;
 
-use super::conn_state::{send_frame, ConnState};
+use super::conn_state::{answered, send_frame, ConnState};
 use super::login_guard::LoginGuard;
 use super::registry::Registry;
 use crate::bus::Bus;
@@ -29,7 +31,7 @@ impl Hub {
     pub fn reply(&self, conn: ConnRef, body: Vec<u8>, close: bool) {
         self.loops.run(conn, move |c| {
             if let Some(c) = c {
-                c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+                answered(c);
                 send_frame(c, &body);
                 if close {
                     c.close();

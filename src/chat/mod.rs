@@ -26,6 +26,7 @@ mod registry;
 mod remote;
 mod server;
 mod session;
+mod test_hooks;
 mod worker;
 mod worker_pool;
 
