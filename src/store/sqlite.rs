@@ -46,8 +46,9 @@ use super::{
 /// Reading connections of a file database (it has one writing connection besides).
 const POOL_SIZE: usize = 4;
 /// The writing connection's page cache, in KiB (a negative `cache_size`): room for the
-/// index pages the log's inserts touch (SQLite's default is 2 MiB). Taken as needed.
-const WRITER_CACHE: i64 = -65_536;
+/// index pages the log's inserts touch (SQLite's default is 2 MiB); bounded, as it is
+/// resident memory of the server. Taken as needed.
+const WRITER_CACHE: i64 = -16_384;
 /// WAL pages after which a commit checkpoints them into the database file (default
 /// 1000): fewer, larger checkpoints write a page rewritten by many commits once.
 const CHECKPOINT_PAGES: i64 = 10_000;
