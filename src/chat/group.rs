@@ -7,9 +7,23 @@ use super::hub::{unavailable, Hub};
 use super::session::Session;
 use crate::net::ConnRef;
 use crate::proto::msg::{errno, Fail, Request};
-use crate::store::StoreError;
+use crate::store::{GroupId, Role, StoreError, UserId};
 
 pub const GROUPNAME_MAX: usize = 50;
+
+/// The members of `group`, which `me` must be one of: 404 no such group, 403 not a
+/// member (GROUP_CHAT, HISTORY).
+pub fn members_as(hub: &Hub, group: GroupId, me: UserId) -> Result<Vec<(UserId, Role)>, Fail> {
+    let members = hub
+        .store
+        .group_members(group)
+        .map_err(unavailable)?
+        .ok_or_else(|| Fail::new(errno::NOT_FOUND, format!("group {group} does not exist")))?;
+    if !members.iter().any(|(id, _)| *id == me) {
+        return Err(Fail::new(errno::FORBIDDEN, format!("you are not in group {group}")));
+    }
+    Ok(members)
+}
 pub const GROUPDESC_MAX: usize = 200;
 
 pub fn create(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -> Result<Outcome, Fail> {

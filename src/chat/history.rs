@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::dispatch::{fields, Outcome};
+use super::group::members_as;
 use super::hub::{unavailable, Hub};
 use super::message::push_of;
 use super::session::Session;
@@ -35,14 +36,7 @@ pub fn history(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request) -
             }
         }
         Conversation::Group(group) => {
-            let members = hub
-                .store
-                .group_members(group)
-                .map_err(unavailable)?
-                .ok_or_else(|| Fail::new(errno::NOT_FOUND, format!("group {group} does not exist")))?;
-            if !members.iter().any(|(id, _)| *id == me) {
-                return Err(Fail::new(errno::FORBIDDEN, format!("you are not in group {group}")));
-            }
+            members_as(hub, group, me)?;
         }
     }
     let (msgs, more) = hub.store.history(me, conv, before, limit as usize).map_err(unavailable)?;

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use super::conn_state::{answered, send_frame, ConnState};
 use super::dispatch::{fields, Outcome};
+use super::group::members_as;
 use super::hub::{unavailable, Hub};
 use super::registry::Push;
 use super::session::Session;
@@ -199,14 +200,7 @@ pub fn group_chat(hub: &Arc<Hub>, s: &mut Session, _conn: ConnRef, req: &Request
     let text = req.string("msg", 1, MSG_MAX)?;
     let cmid = cmid(req)?;
     let (me, name) = s.me(req)?;
-    let members = hub
-        .store
-        .group_members(groupid)
-        .map_err(unavailable)?
-        .ok_or_else(|| Fail::new(errno::NOT_FOUND, format!("group {groupid} does not exist")))?;
-    if !members.iter().any(|(id, _)| *id == me) {
-        return Err(Fail::new(errno::FORBIDDEN, format!("you are not in group {groupid}")));
-    }
+    let members = members_as(hub, groupid, me)?;
     let others: Vec<UserId> = members.iter().map(|(id, _)| *id).filter(|id| *id != me).collect();
     let accepted = hub.append_and_wait(new_message(me, name, Conversation::Group(groupid), text, cmid, others))?;
     Ok(Outcome::Reply(ack_fields(&accepted)))
