@@ -305,10 +305,12 @@ pub fn kill_mid_stream(sender_at: std::net::SocketAddr, live_at: std::net::Socke
             }
         })
     };
+    // The kill comes after a number of ACKs that depends on the process id (a random
+    // moment, but one that does not depend on how fast this machine is).
+    let kill_at = 20 + std::process::id() as usize % 40;
     let mut seen_live = BTreeSet::new();
-    let kill_after = Duration::from_millis(200 + (std::process::id() as u64 % 400));
-    let started = std::time::Instant::now();
-    while started.elapsed() < kill_after {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while acked.lock().unwrap().len() < kill_at && std::time::Instant::now() < deadline {
         if let Polled::Frame(p) = lc.poll_frame(Duration::from_millis(20)) {
             let m = mid(&p);
             seen_live.insert(m);
