@@ -53,29 +53,33 @@ pub struct Server {
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: Option<TempDir>,
+    _dir: TempDir,
 }
 
 impl Server {
     /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads.
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
-        let (cmd, dir) = match kind {
+        // Each server's SQLite file, removed with the server.
+        let dir = TempDir::new();
+        let db = dir.0.join("chat.db");
+        let cmd = match kind {
             Kind::Ours => {
-                let dir = TempDir::new();
                 let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
                 cmd.args(["127.0.0.1", "0", "--db"])
-                    .arg(format!("sqlite://{}", dir.0.join("chat.db").display()))
+                    .arg(format!("sqlite://{}", db.display()))
                     .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
                     .arg(threads.to_string())
                     // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
                     .args(std::env::var("BENCH_OURS_ARGS").unwrap_or_default().split_whitespace())
                     .env("RUST_LOG", "info");
-                (cmd, Some(dir))
+                cmd
             }
             Kind::Peer => {
                 let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
-                cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()]);
-                (cmd, None)
+                cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()])
+                    .arg("--db")
+                    .arg(&db);
+                cmd
             }
         };
         let what = format!("the {} server", kind.name());
