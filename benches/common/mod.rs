@@ -1,5 +1,6 @@
 //! Shared by the bench targets: starting the servers, the load generator, the peer.
 
+pub mod history;
 pub mod load;
 pub mod peer;
 pub mod server;

@@ -2,7 +2,7 @@
 //! CPU from /proc. Both are killed (SIGKILL) when dropped, also on panic.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,47 +48,68 @@ impl Drop for TempDir {
     }
 }
 
+/// Spawns `kind` on the SQLite file `db` and waits for its address.
+fn spawn(kind: Kind, threads: usize, peer_users: usize, db: &Path) -> Spawned {
+    let cmd = match kind {
+        Kind::Ours => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
+            cmd.args(["127.0.0.1", "0", "--db"])
+                .arg(format!("sqlite://{}", db.display()))
+                .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
+                .arg(threads.to_string())
+                // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
+                .args(std::env::var("BENCH_OURS_ARGS").unwrap_or_default().split_whitespace())
+                .env("RUST_LOG", "info");
+            cmd
+        }
+        Kind::Peer => {
+            let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
+            cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()])
+                .arg("--db")
+                .arg(db);
+            cmd
+        }
+    };
+    let what = format!("the {} server", kind.name());
+    spawn_listening(cmd, &what, Duration::from_secs(20), 1 << 20)
+}
+
 pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: TempDir,
+    threads: usize,
+    peer_users: usize,
+    dir: TempDir,
 }
 
 impl Server {
-    /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads.
+    /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads, on a
+    /// fresh SQLite file that is removed with the server.
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
-        // Each server's SQLite file, removed with the server.
         let dir = TempDir::new();
-        let db = dir.0.join("chat.db");
-        let cmd = match kind {
-            Kind::Ours => {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
-                cmd.args(["127.0.0.1", "0", "--db"])
-                    .arg(format!("sqlite://{}", db.display()))
-                    .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
-                    .arg(threads.to_string())
-                    // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
-                    .args(std::env::var("BENCH_OURS_ARGS").unwrap_or_default().split_whitespace())
-                    .env("RUST_LOG", "info");
-                cmd
-            }
-            Kind::Peer => {
-                let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
-                cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()])
-                    .arg("--db")
-                    .arg(&db);
-                cmd
-            }
-        };
-        let what = format!("the {} server", kind.name());
-        let Spawned { child, addr, log } = spawn_listening(cmd, &what, Duration::from_secs(20), 1 << 20);
-        Server { kind, addr, child, log, _dir: dir }
+        let Spawned { child, addr, log } = spawn(kind, threads, peer_users, &dir.0.join("chat.db"));
+        Server { kind, addr, child, log, threads, peer_users, dir }
+    }
+
+    /// Stops the server (SIGKILL), lets `f` change its database file, and starts it
+    /// again on that file (at a new address).
+    pub fn restart_with(&mut self, f: impl FnOnce(&Path)) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let db = self.dir.0.join("chat.db");
+        f(&db);
+        let Spawned { child, addr, log } = spawn(self.kind, self.threads, self.peer_users, &db);
+        (self.child, self.addr, self.log) = (child, addr, log);
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn cpu(&self) -> CpuClock {
+        CpuClock(self.pid())
     }
 
     /// Resident memory in KiB (VmRSS).
@@ -103,14 +124,7 @@ impl Server {
 
     /// CPU seconds (user + system) the server has used so far.
     pub fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
+        self.cpu().secs()
     }
 
     /// Context switches (voluntary and not) of all the server's threads so far.
@@ -149,6 +163,26 @@ impl Drop for Server {
         if log.contains("panicked") {
             eprintln!("{} server log:\n{log}", self.kind.name());
         }
+    }
+}
+
+/// A process's CPU time, read from /proc: what the load generator samples at the
+/// edges of a measured interval.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock(u32);
+
+impl CpuClock {
+    /// CPU seconds (user + system, all threads) the process has used so far, in clock
+    /// ticks (10 ms at the usual 100 Hz).
+    pub fn secs(self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
     }
 }
 
