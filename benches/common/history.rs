@@ -6,7 +6,9 @@ use std::ops::RangeInclusive;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::load::{histogram, now_ns, Conn, Run};
+use tokio::io::AsyncWriteExt;
+
+use super::load::{histogram, now_ns, Conn, Run, WAIT};
 
 /// Messages per page, the protocol's default.
 pub const PAGE: usize = 50;
@@ -50,17 +52,29 @@ impl Xorshift {
     }
 }
 
-/// Reads one page and checks it is full; returns its latency in µs.
+/// Reads one page and checks it is full; returns its latency in µs. The reply is the
+/// next frame: nothing else is sent to this user meanwhile. (Its top-level `msgid`
+/// comes after the messages' own, so `Conn::call` cannot pick it out.)
 async fn page(me: &mut Conn, peer: i64, before: Option<i64>) -> u64 {
     let mut req = serde_json::json!({"msgid": 19, "peer": peer, "limit": PAGE});
     if let Some(before) = before {
         req["before"] = before.into();
     }
+    let mut bytes = serde_json::to_vec(&req).expect("json");
+    bytes.push(b'\n');
     let sent = Instant::now();
-    let reply = me.call_ok(req).await;
+    me.stream.write_all(&bytes).await.expect("history: write");
+    let frame = loop {
+        if let Some(r) = me.frames.next_frame() {
+            break r;
+        }
+        let more = tokio::time::timeout(WAIT, me.frames.fill(&mut me.stream)).await;
+        assert!(matches!(more, Ok(Ok(true))), "history: connection closed or no reply within {WAIT:?}");
+    };
     let us = sent.elapsed().as_micros() as u64;
-    let got = reply.windows(6).filter(|w| w == b"\"mid\":").count();
-    assert_eq!(got, PAGE, "history: a page of {got} messages: {}", String::from_utf8_lossy(&reply));
+    let reply: serde_json::Value = serde_json::from_slice(me.frames.get(frame)).expect("history: reply is JSON");
+    let got = reply["messages"].as_array().map_or(0, Vec::len);
+    assert!(reply["req"] == 19 && reply["errno"] == 0 && got == PAGE, "history: expected a page of {PAGE}: {reply}");
     us
 }
 
