@@ -2,11 +2,12 @@
 //! CPU from /proc. Both are killed (SIGKILL) when dropped, also on panic.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::services::MariaDb;
 use super::spawn::{spawn_listening, Spawned};
 
 /// Which server: ours (the release `ChatServer`) or the tokio peer.
@@ -48,13 +49,47 @@ impl Drop for TempDir {
     }
 }
 
-/// Spawns `kind` on the SQLite file `db` and waits for its address.
-fn spawn(kind: Kind, threads: usize, peer_users: usize, db: &Path) -> Spawned {
+/// A server's database: a SQLite file in its temp dir, or, for ours with
+/// `BENCH_STORE=mysql`, a fresh database on a private MariaDB (the integration tests'
+/// instance, started once per bench process). The peer is always on SQLite.
+pub enum Db {
+    Sqlite(PathBuf),
+    Mysql(String),
+}
+
+impl Db {
+    fn for_kind(kind: Kind, dir: &TempDir) -> Db {
+        match (kind, std::env::var("BENCH_STORE").as_deref()) {
+            (Kind::Peer, _) | (Kind::Ours, Err(_) | Ok("" | "sqlite")) => Db::Sqlite(dir.0.join("chat.db")),
+            (Kind::Ours, Ok("mysql")) => Db::Mysql(MariaDb::shared().create_database()),
+            (Kind::Ours, Ok(other)) => panic!("BENCH_STORE={other}: expected sqlite or mysql"),
+        }
+    }
+
+    /// What `--db` takes.
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Db::Mysql(url) => url.clone(),
+        }
+    }
+}
+
+/// What ours runs on, for the bench's header line.
+pub fn ours_store() -> &'static str {
+    match std::env::var("BENCH_STORE").as_deref() {
+        Ok("mysql") => "MariaDB (private instance, innodb_flush_log_at_trx_commit=2)",
+        _ => "SQLite (WAL, synchronous=NORMAL)",
+    }
+}
+
+/// Spawns `kind` on `db` and waits for its address.
+fn spawn(kind: Kind, threads: usize, peer_users: usize, db: &Db) -> Spawned {
     let cmd = match kind {
         Kind::Ours => {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
             cmd.args(["127.0.0.1", "0", "--db"])
-                .arg(format!("sqlite://{}", db.display()))
+                .arg(db.url())
                 .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
                 .arg(threads.to_string())
                 // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
@@ -63,10 +98,11 @@ fn spawn(kind: Kind, threads: usize, peer_users: usize, db: &Path) -> Spawned {
             cmd
         }
         Kind::Peer => {
+            let Db::Sqlite(path) = db else { panic!("the peer runs on SQLite") };
             let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
             cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()])
                 .arg("--db")
-                .arg(db);
+                .arg(path);
             cmd
         }
     };
@@ -81,26 +117,27 @@ pub struct Server {
     log: Arc<Mutex<String>>,
     threads: usize,
     peer_users: usize,
-    dir: TempDir,
+    db: Db,
+    _dir: TempDir,
 }
 
 impl Server {
     /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads, on a
-    /// fresh SQLite file that is removed with the server.
+    /// fresh database (a SQLite file is removed with the server).
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
         let dir = TempDir::new();
-        let Spawned { child, addr, log } = spawn(kind, threads, peer_users, &dir.0.join("chat.db"));
-        Server { kind, addr, child, log, threads, peer_users, dir }
+        let db = Db::for_kind(kind, &dir);
+        let Spawned { child, addr, log } = spawn(kind, threads, peer_users, &db);
+        Server { kind, addr, child, log, threads, peer_users, db, _dir: dir }
     }
 
-    /// Stops the server (SIGKILL), lets `f` change its database file, and starts it
-    /// again on that file (at a new address).
-    pub fn restart_with(&mut self, f: impl FnOnce(&Path)) {
+    /// Stops the server (SIGKILL), lets `f` change its database, and starts it again on
+    /// that database (at a new address).
+    pub fn restart_with(&mut self, f: impl FnOnce(&Db)) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let db = self.dir.0.join("chat.db");
-        f(&db);
-        let Spawned { child, addr, log } = spawn(self.kind, self.threads, self.peer_users, &db);
+        f(&self.db);
+        let Spawned { child, addr, log } = spawn(self.kind, self.threads, self.peer_users, &self.db);
         (self.child, self.addr, self.log) = (child, addr, log);
     }
 
