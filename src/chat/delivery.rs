@@ -60,9 +60,8 @@ impl Hub {
         if away.is_empty() || !self.bus.is_clustered() {
             return;
         }
-        match self.workers.get() {
-            Some(workers) => workers.dispatch(super::remote::user_key(sender), Job::Publish(away, push)),
-            None => log::warn!("no workers to publish a message; its recipients get it at their next login"),
+        if !self.dispatch(super::remote::user_key(sender), Job::Publish(away, push)) {
+            log::warn!("no workers to publish a message; its recipients get it at their next login");
         }
     }
 

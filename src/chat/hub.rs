@@ -5,7 +5,7 @@
 //! worker threads only, except `offer` and `fan_out` (`delivery`) and `append`
 //! (`message`), which any thread may call.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::bounded;
 
@@ -27,11 +27,23 @@ pub struct Hub {
     pub registry: Arc<Registry>,
     pub loops: LoopPool<ConnState>,
     pub login_guard: LoginGuard,
-    /// The workers, for jobs queued by threads that are not (the log writer's).
-    pub workers: OnceLock<Dispatcher<Job>>,
+    /// The workers, for jobs queued by threads that are not (the log writer's). Set
+    /// once they exist; cleared at shutdown so they can stop.
+    pub workers: Mutex<Option<Dispatcher<Job>>>,
 }
 
 impl Hub {
+    /// Queues `job` on the worker `key` picks; false when the workers are down.
+    pub fn dispatch(&self, key: u64, job: Job) -> bool {
+        match &*self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(workers) => {
+                workers.dispatch(key, job);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Queues a reply on `conn`, ending the request's in-flight count.
     pub fn reply(&self, conn: ConnRef, body: Vec<u8>, close: bool) {
         self.loops.run(conn, move |c| {

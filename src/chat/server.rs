@@ -96,7 +96,7 @@ impl ChatServer {
         })
         .map_err(|e| Error::Io("cannot start the workers".into(), e))?;
         inbox.attach(Some(workers.dispatcher()));
-        let _ = hub.workers.set(workers.dispatcher());
+        *hub.workers.lock().unwrap_or_else(|p| p.into_inner()) = Some(workers.dispatcher());
         if config.history_days > 0 {
             expire_history(Arc::clone(&store), config.history_days)?;
         }
@@ -146,6 +146,7 @@ impl ChatServer {
             }
         }
         inbox.attach(None);
+        frontend.hub.workers.lock().unwrap_or_else(|p| p.into_inner()).take();
         match Arc::try_unwrap(frontend) {
             Ok(frontend) => frontend.workers.stop(),
             Err(_) => log::warn!("workers left running at exit"),

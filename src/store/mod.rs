@@ -7,11 +7,12 @@
 
 mod log_writer;
 mod mysql;
+mod schema;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;
 pub use log_writer::LogWriter;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, Synchronous};
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +28,40 @@ pub type Mid = i64;
 pub enum Conversation {
     Peer(UserId),
     Group(GroupId),
+}
+
+impl Conversation {
+    /// Where the log files the conversation of `me` with `self`: (convlo, convhi) of
+    /// `sql/chat.sql`. One-to-one, the two user ids, smaller first; a group, (0, id).
+    /// `None` for an id that no user or group can have (ids start at 1), so that no
+    /// key is shared by two conversations.
+    fn key(self, me: UserId) -> Option<(i64, i64)> {
+        match self {
+            Conversation::Peer(peer) if me > 0 && peer > 0 => Some((me.min(peer), me.max(peer))),
+            Conversation::Group(group) if group > 0 => Some((0, group)),
+            _ => None,
+        }
+    }
+
+    /// The conversation a row's key names, seen from its sender.
+    fn from_key(sender: UserId, (lo, hi): (i64, i64)) -> Conversation {
+        if lo == 0 {
+            Conversation::Group(hi)
+        } else if sender == lo {
+            Conversation::Peer(hi)
+        } else {
+            Conversation::Peer(lo)
+        }
+    }
+}
+
+/// A page read newest first with one row more than `limit` (whether older ones exist)
+/// as [`Store::history`] returns it: oldest first, and `more`.
+fn history_page(mut newest_first: Vec<Message>, limit: usize) -> (Vec<Message>, bool) {
+    let more = newest_first.len() > limit;
+    newest_first.truncate(limit);
+    newest_first.reverse();
+    (newest_first, more)
 }
 
 /// A message to append to the log (see [`Store::append`]).
@@ -203,6 +238,11 @@ pub trait Store: Send + Sync {
     /// Removes these mids from `user`'s inbox (delivered, or confirmed); unknown ones
     /// are ignored. One transaction.
     fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()>;
+    /// [`Store::settle`] for several users at once: the log writer's batch of settles.
+    /// Both backends make it one transaction; this default settles user by user.
+    fn settle_many(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
+        settles.iter().try_for_each(|(user, mids)| self.settle(*user, mids))
+    }
     /// A page of history: the newest `limit` messages of the conversation with mid <
     /// `before` (all when `None`), oldest first, and whether older ones exist.
     /// `Peer(p)` is the conversation between `me` and `p`, both directions (`p` may be
@@ -231,18 +271,72 @@ pub fn open(url: &str) -> Result<Arc<dyn Store>> {
 
 /// Opens the store a `--db` URL names; the scheme picks the backend:
 /// - `mysql://USER:PASS@HOST:PORT/DB`: [`MysqlStore`], at most `pool_size` connections;
-/// - `sqlite://PATH`, or a bare path: [`SqliteStore`] (its own small pool).
+/// - `sqlite://PATH`, or a bare path: [`SqliteStore`] (its own small pool). Commits
+///   survive kill -9 of the process; `sqlite://PATH?sync=full` also power loss (see
+///   [`Synchronous`]). A bare path is taken as it is, `?` included.
 pub fn open_with_pool(url: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
     if url.starts_with("mysql://") {
         return Ok(Arc::new(MysqlStore::open(url, pool_size)?));
     }
-    let path = match url.strip_prefix("sqlite://") {
-        Some(path) => path,
-        None if url.contains("://") => {
+    let (path, sync) = sqlite_target(url)?;
+    Ok(Arc::new(SqliteStore::open_with(path, sync)?))
+}
+
+/// The file and the options of a SQLite `--db` URL.
+fn sqlite_target(url: &str) -> Result<(&str, Synchronous)> {
+    let Some(rest) = url.strip_prefix("sqlite://") else {
+        if url.contains("://") {
             let scheme = url.split("://").next().unwrap_or_default();
             return Err(StoreError::Unavailable(format!("unknown database scheme {scheme}:// (mysql or sqlite)")));
         }
-        None => url,
+        return Ok((url, Synchronous::default()));
     };
-    Ok(Arc::new(SqliteStore::open(path)?))
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut sync = Synchronous::default();
+    for option in query.split('&').filter(|o| !o.is_empty()) {
+        sync = match option {
+            "sync=normal" => Synchronous::Normal,
+            "sync=full" => Synchronous::Full,
+            other => {
+                return Err(StoreError::Unavailable(format!(
+                    "unknown sqlite option {other:?} in --db (sync=normal or sync=full)"
+                )))
+            }
+        };
+    }
+    Ok((path, sync))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_a_file_and_its_durability() {
+        assert_eq!(sqlite_target("sqlite://chat.db"), Ok(("chat.db", Synchronous::Normal)));
+        assert_eq!(sqlite_target("sqlite:///var/lib/chat.db?sync=full"), Ok(("/var/lib/chat.db", Synchronous::Full)));
+        assert_eq!(sqlite_target("sqlite://a.db?sync=normal"), Ok(("a.db", Synchronous::Normal)));
+        assert_eq!(sqlite_target("sqlite://a.db?"), Ok(("a.db", Synchronous::Normal)));
+        assert_eq!(sqlite_target("plain.db"), Ok(("plain.db", Synchronous::Normal)));
+        assert_eq!(sqlite_target("odd?name.db"), Ok(("odd?name.db", Synchronous::Normal)));
+        for bad in ["sqlite://a.db?sync=off", "sqlite://a.db?mode=ro", "postgres://x/y"] {
+            assert!(matches!(sqlite_target(bad), Err(StoreError::Unavailable(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn conversation_keys_are_shared_by_both_directions_and_never_by_two_conversations() {
+        use Conversation::{Group, Peer};
+        assert_eq!(Peer(7).key(3), Some((3, 7)));
+        assert_eq!(Peer(3).key(7), Some((3, 7)));
+        assert_eq!(Peer(5).key(5), Some((5, 5)));
+        assert_eq!(Group(5).key(3), Some((0, 5)));
+        assert_eq!(Peer(0).key(5), None);
+        assert_eq!(Peer(5).key(-1), None);
+        assert_eq!(Group(0).key(5), None);
+        assert_eq!(Conversation::from_key(3, (3, 7)), Peer(7));
+        assert_eq!(Conversation::from_key(7, (3, 7)), Peer(3));
+        assert_eq!(Conversation::from_key(5, (5, 5)), Peer(5));
+        assert_eq!(Conversation::from_key(3, (0, 5)), Group(5));
+    }
 }

@@ -35,12 +35,9 @@ use mysql::prelude::Queryable;
 use mysql::{FromRowError, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
 
 use super::{
-    Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
+    schema, Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
     StoreError, User, UserId,
 };
-
-/// The schema, applied at every open; the same file operators load by hand.
-const SCHEMA: &str = include_str!("../../sql/chat.sql");
 
 /// How long opening a TCP connection to the database may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -107,7 +104,7 @@ impl MysqlStore {
     /// columns the queries use (a database left by the C++ seeds does not).
     fn apply_schema(&self) -> Result<()> {
         self.attempt(|conn| {
-            for statement in schema_statements() {
+            for statement in schema::mysql_statements() {
                 conn.query_drop(statement)?;
             }
             check_columns(conn)
@@ -205,19 +202,6 @@ fn redact(url: &str) -> String {
     } else {
         format!("{host}/{path}")
     }
-}
-
-/// The statements of [`SCHEMA`]: `-- ` comments stripped, split at semicolons.
-fn schema_statements() -> Vec<String> {
-    let text: String = SCHEMA
-        .lines()
-        .map(|line| match line.find("--") {
-            Some(at) => &line[..at],
-            None => line,
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    text.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -328,6 +312,8 @@ fn check_columns(c: &mut impl Queryable) -> Q<()> {
         "SELECT id, groupname, groupdesc FROM allgroup WHERE 1 = 0",
         "SELECT groupid, userid, grouprole FROM groupuser WHERE 1 = 0",
         "SELECT id, userid, message FROM offlinemessage WHERE 1 = 0",
+        "SELECT mid, sender, sendername, convlo, convhi, msg, time, unixtime, cmid FROM message WHERE 1 = 0",
+        "SELECT userid, mid FROM inbox WHERE 1 = 0",
     ];
     for probe in PROBES {
         c.exec_drop(*probe, ())?;
@@ -700,8 +686,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn schema_has_five_idempotent_tables() {
-        let statements = schema_statements();
+    fn schema_tables_are_idempotent_and_utf8mb4() {
+        let statements = schema::mysql_statements();
         let tables: Vec<&str> = statements
             .iter()
             .map(|s| {
@@ -710,7 +696,7 @@ mod tests {
                 rest.split_whitespace().next().unwrap_or_default()
             })
             .collect();
-        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "offlinemessage"]);
+        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "offlinemessage", "message", "inbox"]);
         for s in &statements {
             assert!(!s.contains("--"), "comment left in {s}");
             assert!(s.contains("utf8mb4"), "not utf8mb4: {s}");

@@ -62,6 +62,18 @@ fn a_killed_server_loses_nothing_and_frees_its_users() {
     assert!(r.call(json!({"msgid": 1, "id": rid, "password": "pw"})).get("offlinemsg").is_none());
 }
 
+/// The recipient's server is killed mid-stream: every acknowledged message still
+/// reaches the recipients once they log in on the other server (PROTOCOL.md §7).
+#[test]
+fn nothing_acknowledged_is_lost_when_the_recipients_server_is_killed() {
+    let mut s = Server::start_cluster(2, &[], false);
+    let (a, b) = (s.addr, s.nodes[0].addr);
+    let acked = crate::messages::kill_mid_stream(a, b, || {
+        s.nodes[0].signal("KILL", Duration::from_secs(5));
+    });
+    acked.check(a);
+}
+
 #[test]
 fn a_redis_outage_stores_then_delivers_without_a_new_login() {
     let s = Server::start_cluster(2, &[], false);
