@@ -6,9 +6,10 @@
 //!
 //! - [`net`]: the reactor, muduo-style on mio; knows nothing of chat.
 //! - [`proto`]: framing and messages of the wire protocol; no I/O.
-//! - [`store`]: the model layer behind one trait; embedded SQLite.
+//! - [`store`]: the model layer behind one trait; an embedded SQLite file or a shared
+//!   MySQL (MariaDB) database.
 //! - [`bus`]: how servers reach each other's users; in-process when alone.
-//! - [`ring`]: the consistent-hash ring behind `ConsistentHash`.
+//! - [`ring`]: the consistent-hash ring, and the interpreter of `ConsistentHash`.
 //! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
 //! - [`client`]: the terminal client behind `ChatClient`.
 //! - `src/bin/`: thin binaries that parse arguments and call the library.

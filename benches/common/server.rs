@@ -26,29 +26,6 @@ impl Kind {
     }
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "chat-bench-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A server's database: a SQLite file in its temp dir, or, for ours with
 /// `BENCH_STORE=mysql`, a fresh database on a private MariaDB (the integration tests'
 /// instance, started once per bench process). The peer is always on SQLite.
@@ -58,9 +35,9 @@ pub enum Db {
 }
 
 impl Db {
-    fn for_kind(kind: Kind, dir: &TempDir) -> Db {
+    fn for_kind(kind: Kind, dir: &tempfile::TempDir) -> Db {
         match (kind, std::env::var("BENCH_STORE").as_deref()) {
-            (Kind::Peer, _) | (Kind::Ours, Err(_) | Ok("" | "sqlite")) => Db::Sqlite(dir.0.join("chat.db")),
+            (Kind::Peer, _) | (Kind::Ours, Err(_) | Ok("" | "sqlite")) => Db::Sqlite(dir.path().join("chat.db")),
             (Kind::Ours, Ok("mysql")) => Db::Mysql(MariaDb::shared().create_database()),
             (Kind::Ours, Ok(other)) => panic!("BENCH_STORE={other}: expected sqlite or mysql"),
         }
@@ -118,14 +95,14 @@ pub struct Server {
     threads: usize,
     peer_users: usize,
     db: Db,
-    _dir: TempDir,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
     /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads, on a
     /// fresh database (a SQLite file is removed with the server).
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().expect("temp dir");
         let db = Db::for_kind(kind, &dir);
         let Spawned { child, addr, log } = spawn(kind, threads, peer_users, &db);
         Server { kind, addr, child, log, threads, peer_users, db, _dir: dir }

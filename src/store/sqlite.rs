@@ -747,37 +747,11 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
     use std::sync::Arc;
-    use std::time::{SystemTime, UNIX_EPOCH};
 
-    /// A fresh directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new() -> TempDir {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-            let name = format!(
-                "chat-sqlite-unit-{}-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed),
-                nanos
-            );
-            let dir = std::env::temp_dir().join(name);
-            std::fs::create_dir_all(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn db(&self) -> String {
-            self.0.join("chat.db").to_str().unwrap().to_owned()
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    /// The database file in `dir`, a fresh temp dir removed on drop.
+    fn db(dir: &tempfile::TempDir) -> String {
+        dir.path().join("chat.db").to_str().unwrap().to_owned()
     }
 
     fn all_conns(s: &SqliteStore) -> impl Iterator<Item = &Mutex<Connection>> {
@@ -795,8 +769,8 @@ mod tests {
 
     #[test]
     fn schema_has_the_seed_tables_and_wal() {
-        let dir = TempDir::new();
-        let store = SqliteStore::open(&dir.db()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&db(&dir)).unwrap();
         assert_eq!(
             table_names(&store),
             ["allgroup", "friend", "groupuser", "inbox", "message", "offlinemessage", "user"]
@@ -834,8 +808,8 @@ mod tests {
     /// on timings.
     #[test]
     fn the_log_is_read_through_its_indexes() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&db(&dir)).unwrap();
         let mut i = 0;
         for _ in 0..20 {
             let batch: Vec<NewMessage> = (1..=50)
@@ -873,9 +847,9 @@ mod tests {
 
     #[test]
     fn sync_full_is_set_on_every_connection() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         for (sync, want) in [(Synchronous::Normal, 1), (Synchronous::Full, 2)] {
-            let s = SqliteStore::open_with(&dir.db(), sync).unwrap();
+            let s = SqliteStore::open_with(&db(&dir), sync).unwrap();
             for conn in all_conns(&s) {
                 let got: i64 = conn.lock().unwrap().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
                 assert_eq!(got, want, "{sync:?}");
@@ -885,11 +859,11 @@ mod tests {
 
     #[test]
     fn schema_is_idempotent() {
-        let dir = TempDir::new();
-        let a = SqliteStore::open(&dir.db()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(&db(&dir)).unwrap();
         let alice = a.create_user("alice", "h").unwrap();
         // A second store on the same file while the first is still open.
-        let b = SqliteStore::open(&dir.db()).unwrap();
+        let b = SqliteStore::open(&db(&dir)).unwrap();
         assert_eq!(table_names(&b), table_names(&a));
         assert!(b.user_exists(alice).unwrap());
         let bob = b.create_user("bob", "h").unwrap();
@@ -897,15 +871,15 @@ mod tests {
         assert_eq!(b.create_user("alice", "x"), Err(StoreError::Conflict));
         drop(a);
         drop(b);
-        let c = SqliteStore::open(&dir.db()).unwrap();
+        let c = SqliteStore::open(&db(&dir)).unwrap();
         assert!(c.user_exists(alice).unwrap() && c.user_exists(bob).unwrap());
     }
 
     #[test]
     fn data_survives_reopen() {
-        let dir = TempDir::new();
+        let dir = tempfile::tempdir().unwrap();
         let (alice, bob, group) = {
-            let s = SqliteStore::open(&dir.db()).unwrap();
+            let s = SqliteStore::open(&db(&dir)).unwrap();
             let alice = s.create_user("alice", "$argon2id$v=19$...").unwrap();
             let bob = s.create_user("bob", "hash-b").unwrap();
             s.set_online(&[bob], true).unwrap();
@@ -915,7 +889,7 @@ mod tests {
             s.push_offline(&[(alice, "one".into()), (alice, "two".into())]).unwrap();
             (alice, bob, group)
         };
-        let s = SqliteStore::open(&dir.db()).unwrap();
+        let s = SqliteStore::open(&db(&dir)).unwrap();
         assert_eq!(
             s.credentials(alice).unwrap(),
             Some(Credentials { id: alice, name: "alice".into(), password_hash: "$argon2id$v=19$...".into() })
@@ -925,15 +899,15 @@ mod tests {
         assert_eq!(s.take_offline(alice).unwrap(), ["one", "two"]);
         s.set_all_offline().unwrap();
         drop(s);
-        let s = SqliteStore::open(&dir.db()).unwrap();
+        let s = SqliteStore::open(&db(&dir)).unwrap();
         assert!(s.take_offline(alice).unwrap().is_empty());
         assert!(!s.friends(alice).unwrap()[0].online);
     }
 
     #[test]
     fn ids_are_not_reused_after_delete() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&db(&dir)).unwrap();
         let u = s.create_user("u", "h").unwrap();
         let g1 = s.create_group(u, "g", "").unwrap();
         s.leave_group(g1, u).unwrap();
@@ -985,8 +959,8 @@ mod tests {
 
     #[test]
     fn poisoned_connection_is_recovered() {
-        let dir = TempDir::new();
-        let s = Arc::new(SqliteStore::open(&dir.db()).unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(&db(&dir)).unwrap());
         let u = s.create_user("u", "h").unwrap();
         let n = all_conns(&s).count();
         for i in 0..n {
@@ -1008,8 +982,8 @@ mod tests {
 
     #[test]
     fn parallel_readers_and_writers() {
-        let dir = TempDir::new();
-        let s = SqliteStore::open(&dir.db()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&db(&dir)).unwrap();
         let ids: Vec<UserId> = (0..8).map(|i| s.create_user(&format!("user{i}"), "h").unwrap()).collect();
         std::thread::scope(|scope| {
             for (t, &me) in ids.iter().enumerate() {

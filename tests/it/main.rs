@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bus;
 mod client;
 mod cluster;
 mod framing;

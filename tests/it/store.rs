@@ -9,10 +9,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use chat::store::{Credentials, Group, Member, Role, SqliteStore, Store, StoreError, User, UserId};
 
@@ -578,33 +576,14 @@ fn concurrent_take_offline_is_exact(s: &dyn Store) {
 // ---------------------------------------------------------------------------------
 // The SQLite backend.
 
-fn fresh_dir() -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let name = format!("chat-store-suite-{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), nanos);
-    let dir = std::env::temp_dir().join(name);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-/// Removes the directories it holds when dropped, also when a check panicked.
-struct TempDirs(RefCell<Vec<PathBuf>>);
-
-impl Drop for TempDirs {
-    fn drop(&mut self) {
-        for dir in self.0.get_mut().drain(..) {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 #[test]
 fn sqlite_store_suite() {
-    let dirs = TempDirs(RefCell::new(Vec::new()));
+    // Removed when the suite ends, also when a check panicked.
+    let dirs = RefCell::new(Vec::new());
     run_all(&|| {
-        let dir = fresh_dir();
-        let path = dir.join("chat.db");
-        dirs.0.borrow_mut().push(dir);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("chat.db");
+        dirs.borrow_mut().push(dir);
         let store = SqliteStore::open(path.to_str().expect("utf-8 temp path")).expect("open");
         Arc::new(store) as Arc<dyn Store>
     });

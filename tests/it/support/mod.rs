@@ -14,7 +14,7 @@ pub mod spawn;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,34 +24,6 @@ use serde_json::{json, Value};
 
 /// How long a test waits for any one reply.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "chat-it-{tag}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 pub fn bin(name: &str) -> PathBuf {
     match name {
@@ -114,7 +86,7 @@ pub struct Server {
     child: Option<Child>,
     log: Arc<Mutex<String>>,
     pub db: String,
-    _dir: Option<TempDir>,
+    _dir: Option<tempfile::TempDir>,
     /// Further nodes of the cluster, and the balancer in front, if any.
     pub nodes: Vec<Server>,
     nginx: Option<services::Nginx>,
@@ -132,7 +104,7 @@ impl Server {
         if backend() == Backend::Mysql {
             return Server::start_with_db(&fresh_db(), args);
         }
-        let dir = TempDir::new("srv");
+        let dir = tempfile::tempdir().expect("temp dir");
         let db = format!("sqlite://{}", dir.path().join("chat.db").display());
         let mut s = Server::start_with_db(&db, args);
         s._dir = Some(dir);

@@ -513,6 +513,15 @@ impl Redis {
         assert!(slot.is_none(), "Redis is running");
         *slot = Some(launch_redis(&self.dir, self.port).unwrap_or_else(|| panic!("port {} was taken", self.port)));
     }
+
+    /// Sends `sig` to the running server: SIGSTOP stalls it with its connections open
+    /// (no FIN, no RST), SIGCONT resumes it.
+    pub fn signal(&self, sig: libc::c_int) {
+        let slot = self.child.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = slot.as_ref().map(Child::id).expect("Redis is running");
+        // SAFETY: our own child, not yet reaped (we hold its `Child`).
+        assert_eq!(unsafe { libc::kill(i32::try_from(pid).expect("pid"), sig) }, 0, "kill -{sig} {pid}");
+    }
 }
 
 impl Drop for Redis {

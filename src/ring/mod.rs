@@ -27,6 +27,8 @@
 //! 64 bits), they are ordered by server address, so the ring does not depend
 //! on the order in which servers were added.
 //!
+//! The command interpreter of the `ConsistentHash` binary is [`shell`].
+//!
 //! # Example
 //!
 //! ```
@@ -39,6 +41,8 @@
 //! assert!(server == "127.0.0.1:6000" || server == "127.0.0.1:6002");
 //! assert_eq!(ring.all_nodes(), 320);
 //! ```
+
+pub mod shell;
 
 use std::fmt;
 
