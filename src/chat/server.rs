@@ -80,7 +80,9 @@ impl ChatServer {
         }
         let opts = ServerOptions { threads: config.threads(), max_conns: config.max_conns, keepalive: true };
         let tcp = TcpServer::new(listener, &opts).map_err(|e| Error::Io("cannot start the event loops".into(), e))?;
-        let writer = Arc::new(LogWriter::start(Arc::clone(&store)));
+        let writer = Arc::new(
+            LogWriter::new(Arc::clone(&store)).map_err(|e| Error::Io("cannot start the log writer".into(), e))?,
+        );
         let hub = Arc::new(Hub {
             store: Arc::clone(&store),
             writer,
@@ -147,6 +149,7 @@ impl ChatServer {
         }
         inbox.attach(None);
         frontend.hub.workers.lock().unwrap_or_else(|p| p.into_inner()).take();
+        frontend.hub.writer.stop();
         match Arc::try_unwrap(frontend) {
             Ok(frontend) => frontend.workers.stop(),
             Err(_) => log::warn!("workers left running at exit"),

@@ -11,7 +11,7 @@ mod schema;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;
-pub use log_writer::LogWriter;
+pub use log_writer::{Done, LogWriter, MAX_BATCH};
 pub use sqlite::{SqliteStore, Synchronous};
 
 use std::fmt;

@@ -15,10 +15,22 @@
 //!   and a row lock after 3 s ([`LOCK_WAIT`]). Every failure to reach the database is
 //!   [`StoreError::Unavailable`] (errno 503); the server stays up.
 //! - Prepared statements only (`exec_*` with bound parameters); each connection keeps
-//!   its statements in a cache. SQL text is never built from data. The one exception
-//!   to "prepared" is the schema at start: constant DDL sent as text.
+//!   its statements in a cache. SQL text is never built from data: the multi-row
+//!   statements of the message log repeat a constant placeholder group 1, 2, 4, ... or
+//!   [`MAX_ROWS`] times. The one exception to "prepared" is the schema at start:
+//!   constant DDL sent as text.
+//! - The message log: `append` is one transaction. Its messages go in as multi-row
+//!   INSERTs when InnoDB gives one statement's rows consecutive auto-increment values
+//!   (`innodb_autoinc_lock_mode` 0 or 1, read in the transaction with the step), else
+//!   row by row with each row's `LAST_INSERT_ID`. A taken `(sender, cmid)` is the unique
+//!   key's duplicate-key error (InnoDB undoes that statement only): that chunk goes in
+//!   row by row, and the colliding row's first copy is read. A concurrent append of the
+//!   same cmid on another server waits on the key's lock until that one commits, then
+//!   collides: one row, whichever server wins. Inbox rows go in sorted, many per
+//!   statement. History forces `message_conv` (read backwards, no sort).
 //! - Statements that must agree run in one transaction (InnoDB): create/leave/delete
-//!   group, joining, a batch of stores or removals, and the mailbox drain. Isolation is
+//!   group (with its messages), joining, a batch of appends, stores or removals, an
+//!   expiry batch, and the mailbox drain. Isolation is
 //!   READ COMMITTED, so InnoDB takes no gap locks: storing mail never waits for a drain,
 //!   and concurrent drains and stores do not deadlock on each other's gaps. What a
 //!   transaction must keep still it locks explicitly (`FOR UPDATE`, `LOCK IN SHARE
@@ -51,8 +63,9 @@ const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 3";
 /// Tries of a unit of work that the server aborted for a deadlock or a lock timeout,
 /// or that lost a race.
 const ATTEMPTS: u32 = 5;
-/// Prepared statements kept per connection; there are about 20 distinct queries.
-const STATEMENT_CACHE: usize = 64;
+/// Prepared statements kept per connection: about 25 distinct queries, and the
+/// multi-row ones in up to 9 sizes each.
+const STATEMENT_CACHE: usize = 128;
 /// Connections opened when the pool is created: one, which proves the database is
 /// reachable; the rest are opened on demand (the crate's default opens ten at once).
 const POOL_MIN: usize = 1;
@@ -76,6 +89,9 @@ const ER_LOCK_DEADLOCK: u16 = 1213;
 
 const STATE_ONLINE: &str = "online";
 const STATE_OFFLINE: &str = "offline";
+
+/// Messages one `expire` transaction deletes at most, so it holds few locks for long.
+const EXPIRE_BATCH: usize = 1000;
 
 /// A [`Store`] on a MySQL or MariaDB database, shared by all worker threads.
 pub struct MysqlStore {
@@ -114,6 +130,19 @@ impl MysqlStore {
                 StoreError::Unavailable(format!("cannot apply the schema to mysql://{}: {why}", self.target))
             }
             other => other,
+        })
+    }
+
+    /// How MariaDB runs a page of `me`'s history of `conv`: the index it reads and the
+    /// `Extra` of `EXPLAIN`, of the very statement [`Store::history`] sends. For tests
+    /// and operators: the page must read `message_conv` with no filesort.
+    pub fn history_plan(&self, me: UserId, conv: Conversation) -> Result<(Option<String>, Option<String>)> {
+        let (lo, hi) = conv.key(me).ok_or(StoreError::NotFound)?;
+        self.single(|c| {
+            let row = c.exec_first_opt::<mysql::Row, _, _>(explained_history(), (lo, hi, Mid::MAX, 51u64))?;
+            let row = row.transpose()?.ok_or_else(|| StoreError::Unavailable("EXPLAIN gave no row".into()))?;
+            let column = |name: &str| row.get_opt::<Option<String>, _>(name).and_then(|v| v.ok()).flatten();
+            Ok((column("key"), column("Extra")))
         })
     }
 
@@ -517,6 +546,272 @@ fn delete_offline_upto(c: &mut impl Queryable, user: UserId, max: i64) -> Q<u64>
     Ok(result.affected_rows())
 }
 
+/// Rows one multi-row statement carries at most: a batch is cut into chunks of
+/// 256, 128, ..., 1 rows, so a handful of distinct statements (each prepared once per
+/// connection) serve every batch size.
+const MAX_ROWS: usize = 256;
+
+/// The largest power of two ≤ `n` and ≤ [`MAX_ROWS`]: the next chunk of `n` rows.
+fn chunk_len(n: usize) -> usize {
+    debug_assert!(n > 0);
+    let mut len = MAX_ROWS;
+    while len > n {
+        len /= 2;
+    }
+    len
+}
+
+/// `head` followed by `rows` copies of `group` separated by commas: a statement with
+/// a fixed number of placeholder groups. Only the count varies (powers of two, see
+/// [`chunk_len`]); no data ever reaches the text.
+fn repeated(head: &'static str, group: &'static str, rows: usize, tail: &'static str) -> String {
+    let mut sql = String::with_capacity(head.len() + rows * (group.len() + 2) + tail.len());
+    sql.push_str(head);
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(group);
+    }
+    sql.push_str(tail);
+    sql
+}
+
+/// Whether InnoDB gives the rows of one multi-row INSERT consecutive auto-increment
+/// values (`innodb_autoinc_lock_mode` 0 or 1, MariaDB's default; not 2, MySQL 8's
+/// default and Galera's), and the step between them (`auto_increment_increment`).
+/// Read in the transaction that relies on it, since the step is a session variable.
+fn autoinc_step(c: &mut impl Queryable) -> Q<Option<i64>> {
+    let row = c.exec_first_opt::<(i64, i64), _, _>(
+        "SELECT @@GLOBAL.innodb_autoinc_lock_mode, @@SESSION.auto_increment_increment",
+        (),
+    )?;
+    Ok(match row.transpose()? {
+        Some((mode, step)) if mode <= 1 && step >= 1 => Some(step),
+        _ => None,
+    })
+}
+
+/// Whether `failure` is a taken unique key: a repeated (sender, cmid).
+fn is_duplicate(failure: &Failure) -> bool {
+    matches!(failure, Failure::Sql(mysql::Error::MySqlError(e)) if e.code == ER_DUP_ENTRY)
+}
+
+fn message_values(m: &NewMessage) -> Q<Vec<mysql::Value>> {
+    let (lo, hi) = m.to.key(m.sender).ok_or(StoreError::NotFound)?;
+    Ok(vec![
+        m.sender.into(),
+        m.sender_name.as_str().into(),
+        lo.into(),
+        hi.into(),
+        m.text.as_str().into(),
+        m.time.as_str().into(),
+        m.unix_time.into(),
+        m.cmid.as_deref().into(),
+    ])
+}
+
+const INSERT_MESSAGES: &str =
+    "INSERT INTO message (sender, sendername, convlo, convhi, msg, time, unixtime, cmid) VALUES ";
+const MESSAGE_ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?)";
+
+/// Inserts `msgs` with one statement; returns their mids, or `None` when a (sender,
+/// cmid) of them is taken (then nothing of the statement remains).
+fn insert_message_rows(c: &mut impl Queryable, msgs: &[NewMessage], step: i64) -> Q<Option<Vec<Mid>>> {
+    let mut values = Vec::with_capacity(msgs.len() * 8);
+    for m in msgs {
+        values.extend(message_values(m)?);
+    }
+    let sql = repeated(INSERT_MESSAGES, MESSAGE_ROW, msgs.len(), "");
+    let first = match c.exec_iter(sql, mysql::Params::Positional(values)) {
+        Ok(result) => new_id(result.last_insert_id())?,
+        Err(err) => {
+            let failure = Failure::from(err);
+            return if is_duplicate(&failure) { Ok(None) } else { Err(failure) };
+        }
+    };
+    Ok(Some((0..msgs.len()).map(|k| first + step * k as i64).collect()))
+}
+
+/// Inserts one message; `None` when its (sender, cmid) is taken.
+fn insert_message_row(c: &mut impl Queryable, m: &NewMessage) -> Q<Option<Mid>> {
+    let sql = repeated(INSERT_MESSAGES, MESSAGE_ROW, 1, "");
+    match c.exec_iter(sql, mysql::Params::Positional(message_values(m)?)) {
+        Ok(result) => Ok(Some(new_id(result.last_insert_id())?)),
+        Err(err) => {
+            let failure = Failure::from(err);
+            if is_duplicate(&failure) && m.cmid.is_some() {
+                Ok(None)
+            } else {
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// The mid and time of `sender`'s message with `cmid`. Under READ COMMITTED this sees
+/// the row of a concurrent transaction as soon as it committed, which is when the
+/// INSERT that collided with it failed.
+fn select_by_cmid(c: &mut impl Queryable, sender: UserId, cmid: Option<&str>) -> Q<(Mid, String)> {
+    let row = c.exec_first_opt::<(Mid, String), _, _>(
+        "SELECT mid, time FROM message WHERE sender = ? AND cmid = ?",
+        (sender, cmid),
+    )?;
+    row.transpose()?.ok_or_else(|| {
+        StoreError::Unavailable(format!("message of {sender} with cmid {cmid:?}: duplicate key, but no row")).into()
+    })
+}
+
+/// Appends `msgs` in order (see [`Store::append`]), inbox rows included. Chunks go in
+/// as multi-row INSERTs where the server makes their mids consecutive; a chunk that
+/// hits a taken (sender, cmid) (that statement is undone) and every chunk where the
+/// mids would not be known go in row by row, and a taken key then yields the first
+/// row's mid and time.
+fn insert_messages(c: &mut impl Queryable, msgs: &[NewMessage]) -> Q<Vec<Accepted>> {
+    let step = autoinc_step(c)?;
+    let mut accepted = Vec::with_capacity(msgs.len());
+    let mut rest = msgs;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        rest = tail;
+        if let Some(step) = step {
+            if let Some(mids) = insert_message_rows(c, chunk, step)? {
+                accepted.extend(chunk.iter().zip(mids).map(|(m, mid)| Accepted {
+                    mid,
+                    time: m.time.clone(),
+                    first: true,
+                }));
+                continue;
+            }
+        }
+        for m in chunk {
+            accepted.push(match insert_message_row(c, m)? {
+                Some(mid) => Accepted { mid, time: m.time.clone(), first: true },
+                None => {
+                    let (mid, time) = select_by_cmid(c, m.sender, m.cmid.as_deref())?;
+                    Accepted { mid, time, first: false }
+                }
+            });
+        }
+    }
+    // Sorted, so that concurrent appends lock inbox rows in one order; a recipient
+    // named twice is owed the message once.
+    let mut owed: Vec<(UserId, Mid)> = msgs
+        .iter()
+        .zip(&accepted)
+        .filter(|(_, a)| a.first)
+        .flat_map(|(m, a)| m.recipients.iter().map(move |&user| (user, a.mid)))
+        .collect();
+    owed.sort_unstable();
+    owed.dedup();
+    insert_inbox_rows(c, &owed)?;
+    Ok(accepted)
+}
+
+/// Inserts (user, mid) inbox rows, a chunk per statement.
+fn insert_inbox_rows(c: &mut impl Queryable, rows: &[(UserId, Mid)]) -> Q<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        rest = tail;
+        let values: Vec<mysql::Value> = chunk.iter().flat_map(|&(user, mid)| [user.into(), mid.into()]).collect();
+        c.exec_drop(repeated("INSERT INTO inbox (userid, mid) VALUES ", "(?, ?)", chunk.len(), ""), values)?;
+    }
+    Ok(())
+}
+
+/// A [`Message`] from the columns mid, sender, sendername, convlo, convhi, msg, time.
+type MessageRow = (Mid, UserId, String, i64, i64, String, String);
+
+fn message_of((mid, sender, sender_name, lo, hi, text, time): MessageRow) -> Message {
+    Message { mid, sender, sender_name, to: Conversation::from_key(sender, (lo, hi)), text, time }
+}
+
+fn select_inbox(c: &mut impl Queryable, user: UserId, after: Mid, limit: usize) -> Q<Vec<Message>> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let rows = c.exec_opt::<MessageRow, _, _>(
+        "SELECT m.mid, m.sender, m.sendername, m.convlo, m.convhi, m.msg, m.time
+           FROM inbox i JOIN message m ON m.mid = i.mid
+          WHERE i.userid = ? AND i.mid > ?
+          ORDER BY i.mid
+          LIMIT ?",
+        (user, after, limit),
+    )?;
+    Ok(decoded(rows)?.into_iter().map(message_of).collect())
+}
+
+/// Deletes these (sorted) mids from `user`'s inbox, a chunk per statement.
+fn delete_inbox_rows(c: &mut impl Queryable, user: UserId, mids: &[Mid]) -> Q<()> {
+    let mut rest = mids;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        rest = tail;
+        let values: Vec<mysql::Value> = std::iter::once(user).chain(chunk.iter().copied()).map(Into::into).collect();
+        c.exec_drop(repeated("DELETE FROM inbox WHERE userid = ? AND mid IN (", "?", chunk.len(), ")"), values)?;
+    }
+    Ok(())
+}
+
+/// A conversation's page: up to `limit` of its messages with mid < `before`, newest
+/// first, read backwards along `message_conv` (forced: the optimizer may otherwise
+/// walk the primary key backwards to skip the sort, which scans the whole log for a
+/// quiet conversation).
+const HISTORY: &str = "SELECT mid, sender, sendername, convlo, convhi, msg, time
+                                    FROM message FORCE INDEX (message_conv)
+                                   WHERE convlo = ? AND convhi = ? AND mid < ?
+                                   ORDER BY mid DESC
+                                   LIMIT ?";
+
+/// `EXPLAIN` and [`HISTORY`]: constant text, built once.
+fn explained_history() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| format!("EXPLAIN {HISTORY}"))
+}
+
+fn select_history(c: &mut impl Queryable, (lo, hi): (i64, i64), before: Mid, limit: usize) -> Q<Vec<Message>> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let rows = c.exec_opt::<MessageRow, _, _>(HISTORY, (lo, hi, before, limit))?;
+    Ok(decoded(rows)?.into_iter().map(message_of).collect())
+}
+
+/// Up to `limit` mids of messages accepted before `unix_time`, in mid order.
+fn select_expired(c: &mut impl Queryable, unix_time: i64, limit: usize) -> Q<Vec<Mid>> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let mut mids: Vec<Mid> = c.exec("SELECT mid FROM message WHERE unixtime < ? LIMIT ?", (unix_time, limit))?;
+    mids.sort_unstable();
+    Ok(mids)
+}
+
+/// Deletes these (sorted) messages and their inbox rows; returns how many messages
+/// went (a concurrent expiry may have taken some).
+fn delete_messages(c: &mut impl Queryable, mids: &[Mid]) -> Q<u64> {
+    let mut deleted = 0;
+    let mut rest = mids;
+    while !rest.is_empty() {
+        let (chunk, tail) = rest.split_at(chunk_len(rest.len()));
+        rest = tail;
+        let values: Vec<mysql::Value> = chunk.iter().map(|&mid| mid.into()).collect();
+        c.exec_drop(repeated("DELETE FROM inbox WHERE mid IN (", "?", chunk.len(), ")"), values.clone())?;
+        let result = c.exec_iter(repeated("DELETE FROM message WHERE mid IN (", "?", chunk.len(), ")"), values)?;
+        deleted += result.affected_rows();
+    }
+    Ok(deleted)
+}
+
+/// Deletes a group's messages and their inbox rows.
+fn delete_group_messages(c: &mut impl Queryable, group: GroupId) -> Q<()> {
+    let Some((lo, hi)) = Conversation::Group(group).key(0) else {
+        return Ok(());
+    };
+    c.exec_drop(
+        "DELETE inbox FROM inbox JOIN message ON message.mid = inbox.mid
+          WHERE message.convlo = ? AND message.convhi = ?",
+        (lo, hi),
+    )?;
+    c.exec_drop("DELETE FROM message WHERE convlo = ? AND convhi = ?", (lo, hi))?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------
 
 impl Store for MysqlStore {
@@ -595,6 +890,7 @@ impl Store for MysqlStore {
             match role {
                 Role::Normal => delete_member(tx, group, user)?,
                 Role::Creator => {
+                    delete_group_messages(tx, group)?;
                     delete_all_members(tx, group)?;
                     delete_group(tx, group)?;
                 }
@@ -654,30 +950,65 @@ impl Store for MysqlStore {
         self.transaction(|tx| delete_offline_rows(tx, user, &ids))
     }
 
-    fn append(&self, _msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
-        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.transaction(|tx| insert_messages(tx, msgs))
     }
 
-    fn inbox(&self, _user: UserId, _after: Mid, _limit: usize) -> Result<Vec<Message>> {
-        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    fn inbox(&self, user: UserId, after: Mid, limit: usize) -> Result<Vec<Message>> {
+        self.single(|c| select_inbox(c, user, after, limit))
     }
 
-    fn settle(&self, _user: UserId, _mids: &[Mid]) -> Result<()> {
-        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()> {
+        self.settle_many(&[(user, mids.to_vec())])
+    }
+
+    fn settle_many(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
+        // Sorted and merged, so concurrent settles lock rows in one order.
+        let mut rows: Vec<(UserId, Mid)> =
+            settles.iter().flat_map(|(user, mids)| mids.iter().map(move |&mid| (*user, mid))).collect();
+        if rows.is_empty() {
+            return Ok(());
+        }
+        rows.sort_unstable();
+        rows.dedup();
+        self.transaction(|tx| {
+            for group in rows.chunk_by(|a, b| a.0 == b.0) {
+                let mids: Vec<Mid> = group.iter().map(|&(_, mid)| mid).collect();
+                delete_inbox_rows(tx, group[0].0, &mids)?;
+            }
+            Ok(())
+        })
     }
 
     fn history(
         &self,
-        _me: UserId,
-        _conv: Conversation,
-        _before: Option<Mid>,
-        _limit: usize,
+        me: UserId,
+        conv: Conversation,
+        before: Option<Mid>,
+        limit: usize,
     ) -> Result<(Vec<Message>, bool)> {
-        Err(StoreError::Unavailable("message log not implemented yet".into()))
+        let Some(key) = conv.key(me) else {
+            return Ok((Vec::new(), false));
+        };
+        let page = self.single(|c| select_history(c, key, before.unwrap_or(Mid::MAX), limit.saturating_add(1)))?;
+        Ok(super::history_page(page, limit))
     }
 
-    fn expire(&self, _unix_time: i64) -> Result<usize> {
-        Err(StoreError::Unavailable("message log not implemented yet".into()))
+    fn expire(&self, unix_time: i64) -> Result<usize> {
+        let mut total = 0u64;
+        loop {
+            let (found, deleted) = self.transaction(|tx| {
+                let mids = select_expired(tx, unix_time, EXPIRE_BATCH)?;
+                Ok((mids.len(), delete_messages(tx, &mids)?))
+            })?;
+            total += deleted;
+            if found < EXPIRE_BATCH {
+                return Ok(usize::try_from(total).unwrap_or(usize::MAX));
+            }
+        }
     }
 }
 
@@ -701,6 +1032,25 @@ mod tests {
             assert!(!s.contains("--"), "comment left in {s}");
             assert!(s.contains("utf8mb4"), "not utf8mb4: {s}");
         }
+    }
+
+    #[test]
+    fn multi_row_statements_come_in_a_few_sizes() {
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 1..=3000 {
+            let (mut rest, mut chunks) = (n, 0);
+            while rest > 0 {
+                let len = chunk_len(rest);
+                assert!(len <= rest && len <= MAX_ROWS && len.is_power_of_two());
+                sizes.insert(len);
+                rest -= len;
+                chunks += 1;
+            }
+            assert!(chunks <= n / MAX_ROWS + 9, "{n} rows in {chunks} statements");
+        }
+        assert_eq!(sizes.len(), 9);
+        assert_eq!(repeated("INSERT INTO t (a) VALUES ", "(?)", 3, ""), "INSERT INTO t (a) VALUES (?), (?), (?)");
+        assert_eq!(repeated("DELETE FROM t WHERE a IN (", "?", 1, ")"), "DELETE FROM t WHERE a IN (?)");
     }
 
     #[test]

@@ -196,3 +196,46 @@ fn a_database_outage_gives_503_and_the_server_recovers() {
     assert!(newcomer.id > bob);
     assert_eq!(c.call(json!({"msgid": 16})), json!({"msgid": 17}));
 }
+
+/// A page of history reads a short range of the conversation's index, backwards, with
+/// no sort: it costs the same at the millionth message as at the first. Pinned on the
+/// plan of the backend's own statement, with table statistics, not on timings.
+#[test]
+fn mysql_history_reads_the_conversation_index_without_a_sort() {
+    use chat::store::{Conversation, MysqlStore, NewMessage, Store};
+
+    let db = MariaDb::shared().create_database();
+    let store = MysqlStore::open(&db, 2).expect("open");
+    let users: Vec<i64> = (0..20).map(|i| store.create_user(&unique(&format!("u{i}")), "h").expect("user")).collect();
+    let group = store.create_group(users[0], &unique("g"), "").expect("group");
+    let msg = |sender: i64, to: Conversation| NewMessage {
+        sender,
+        sender_name: "n".into(),
+        to,
+        text: "hello".into(),
+        time: "2026-05-01 12:00:00".into(),
+        unix_time: 1_780_000_000,
+        cmid: None,
+        recipients: vec![],
+    };
+    // One busy conversation (most of the log), and many quiet ones.
+    for _ in 0..20 {
+        let mut batch: Vec<NewMessage> = (0..200).map(|_| msg(users[0], Conversation::Peer(users[1]))).collect();
+        batch.extend(users.windows(2).map(|w| msg(w[1], Conversation::Peer(w[0]))));
+        batch.extend((0..10).map(|i| msg(users[i], Conversation::Group(group))));
+        store.append(&batch).expect("append");
+    }
+    services::connect(&db).query_drop("ANALYZE TABLE message").expect("analyze");
+    for (me, conv) in [
+        (users[0], Conversation::Peer(users[1])),
+        (users[1], Conversation::Peer(users[0])),
+        (users[7], Conversation::Peer(users[8])),
+        (users[3], Conversation::Peer(users[3])),
+        (users[0], Conversation::Group(group)),
+    ] {
+        let (key, extra) = store.history_plan(me, conv).expect("plan");
+        assert_eq!(key.as_deref(), Some("message_conv"), "{conv:?}: {extra:?}");
+        let extra = extra.unwrap_or_default();
+        assert!(!extra.contains("filesort") && !extra.contains("temporary"), "{conv:?}: {extra}");
+    }
+}
