@@ -27,7 +27,10 @@
 --   (the PAD SPACE collations, utf8mb4_bin included, would call those equal).
 --   On MySQL 8, which lacks utf8mb4_nopad_bin, use utf8mb4_0900_bin.
 -- - The indexes the queries need (see src/store/mysql.rs and src/store/sqlite.rs).
--- The message log (`message`, `inbox`) is new: see below.
+-- The message log (`message`, `inbox`) is new: see below. It replaces the seeds'
+-- `offlinemessage` table (a copy of each push per recipient): what a user is owed is
+-- their `inbox` rows. A database that has an `offlinemessage` table keeps it; nothing
+-- reads or writes it any more.
 --
 -- Text columns are wider than the protocol allows (names 50 characters, descriptions 200,
 -- messages 4000): the server enforces the protocol's limits, and MariaDB rejects (strict
@@ -67,15 +70,6 @@ CREATE TABLE IF NOT EXISTS groupuser (
     grouprole ENUM('creator', 'normal') NOT NULL,
     PRIMARY KEY (groupid, userid),
     KEY groupuser_userid (userid)
-) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
-
--- A mailbox is the rows of one `userid` in `id` order, and `message` is the JSON push.
-CREATE TABLE IF NOT EXISTS offlinemessage (
-    id      BIGINT     NOT NULL AUTO_INCREMENT,
-    userid  BIGINT     NOT NULL,
-    message MEDIUMTEXT NOT NULL,
-    PRIMARY KEY (id),
-    KEY offlinemessage_userid_id (userid, id)
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_nopad_bin;
 
 -- The message log: one row per accepted ONE_CHAT or GROUP_CHAT, however many recipients

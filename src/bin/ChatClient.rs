@@ -20,12 +20,20 @@ struct Args {
     /// Seconds without sending before a PING keeps the connection alive (0: never).
     #[arg(long, default_value_t = 30)]
     keepalive: u64,
+    /// Seconds a logged-in session keeps trying to connect and log in again after the
+    /// connection drops (0: exit at once).
+    #[arg(long, default_value_t = 5)]
+    reconnect: u64,
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off")).init();
     let args = Args::parse();
-    let options = chat::client::Options { keepalive: Duration::from_secs(args.keepalive), ..Default::default() };
+    let options = chat::client::Options {
+        keepalive: Duration::from_secs(args.keepalive),
+        reconnect_within: Duration::from_secs(args.reconnect),
+        ..Default::default()
+    };
     let result = if std::io::stdin().is_terminal() {
         chat::client::run_terminal(&args.ip, args.port, std::io::stdout(), &options)
     } else {

@@ -56,10 +56,14 @@ pub fn login(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -> R
         hub.login_guard.failed(id);
         Fail::new(errno::BAD_LOGIN, "id or password is invalid!")
     };
-    let creds = hub.store.credentials(id).map_err(unavailable)?.ok_or_else(bad)?;
-    if password.chars().count() > PASSWORD_MAX || !password::verify(password, &creds.password_hash) {
+    let creds = hub.store.credentials(id).map_err(unavailable)?;
+    // An unknown id is checked against a dummy hash: it costs what a wrong password
+    // costs, so the time a LOGIN takes does not tell whether the account exists.
+    let stored = creds.as_ref().map(|c| c.password_hash.as_str()).or_else(|| password::dummy_hash());
+    let matches = password.chars().count() <= PASSWORD_MAX && stored.is_some_and(|h| password::verify(password, h));
+    let Some(creds) = creds.filter(|_| matches) else {
         return Err(bad());
-    }
+    };
     hub.login_guard.succeeded(id);
 
     let _lock = hub.registry.lock(id);

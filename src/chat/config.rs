@@ -57,6 +57,11 @@ pub struct Config {
     /// Connections open at once; past it new ones are closed on accept.
     #[arg(long, default_value_t = 100_000)]
     pub max_conns: usize,
+    /// Connections the kernel completes and queues until they are accepted; a burst
+    /// past it is retried by its clients a second later [default: net.core.somaxconn,
+    /// the kernel's cap].
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: Option<i32>,
 }
 
 impl Config {
@@ -66,6 +71,10 @@ impl Config {
 
     pub fn workers(&self) -> usize {
         self.workers.map(usize::from).unwrap_or_else(|| (4 * cores()).max(8))
+    }
+
+    pub fn backlog(&self) -> i32 {
+        self.backlog.unwrap_or_else(crate::net::somaxconn)
     }
 
     /// A worker holds at most one connection at a time, so with workers + 2 no worker

@@ -80,8 +80,8 @@ impl Frontend {
         }
     }
 
-    fn on_frame(&self, conn: &mut Connection<ConnState>, parsed: Result<Request, ParseError>) {
-        let allowed = conn.ctx.bucket.allow();
+    /// `allowed`: within the rate limit (else only the frame's head was parsed).
+    fn on_frame(&self, conn: &mut Connection<ConnState>, parsed: Result<Request, ParseError>, allowed: bool) {
         match parsed {
             Err(ParseError::NotJson(why)) => {
                 log::debug!("{}: not a JSON object: {why}", conn.peer());
@@ -138,9 +138,13 @@ impl Handler for Frontend {
             }
             match conn.ctx.decoder.decode(conn.input.readable()) {
                 Ok(Decoded::Frame { body, consumed }) => {
-                    let parsed = Request::parse(&conn.input.readable()[body]);
+                    // Counted as it is cut: a frame over the limit is not carried out,
+                    // so parsing its head is enough to answer it.
+                    let allowed = conn.ctx.bucket.allow();
+                    let frame = &conn.input.readable()[body];
+                    let parsed = if allowed { Request::parse(frame) } else { Request::parse_head(frame) };
                     conn.input.consume(consumed);
-                    self.on_frame(conn, parsed);
+                    self.on_frame(conn, parsed, allowed);
                 }
                 Ok(Decoded::Partial { consumed }) => {
                     conn.input.consume(consumed);

@@ -20,7 +20,7 @@ use super::registry::Push;
 use super::session::Session;
 use crate::net::{ConnRef, Connection};
 use crate::proto::msg::{self, errno, reply, Fail, Request};
-use crate::store::{Accepted, Conversation, GroupId, Message, NewMessage, UserId};
+use crate::store::{Accepted, Conversation, GroupId, Message, Mid, NewMessage, UserId};
 
 pub const MSG_MAX: usize = 4000;
 pub const CMID_MAX: usize = 64;
@@ -42,14 +42,16 @@ struct ChatPush<'a> {
 
 /// The push of a logged message, as every recipient gets it (live, offline, history).
 pub fn push_of(m: &Message) -> Push {
-    let (msgid, toid, groupid) = match m.to {
+    push(m.sender, &m.sender_name, m.to, &m.text, &m.time, m.mid)
+}
+
+fn push(id: UserId, name: &str, to: Conversation, text: &str, time: &str, mid: Mid) -> Push {
+    let (msgid, toid, groupid) = match to {
         Conversation::Peer(to) => (msg::ONE_CHAT, Some(to), None),
         Conversation::Group(g) => (msg::GROUP_CHAT, None, Some(g)),
     };
-    let push =
-        ChatPush { msgid, id: m.sender, name: &m.sender_name, toid, groupid, msg: &m.text, time: &m.time, mid: m.mid };
-    let text = serde_json::to_string(&push).unwrap_or_default();
-    Push { mid: m.mid, text: Arc::from(text) }
+    let push = ChatPush { msgid, id, name, toid, groupid, msg: text, time, mid };
+    Push { mid, text: Arc::from(serde_json::to_string(&push).unwrap_or_default()) }
 }
 
 thread_local! {
@@ -95,7 +97,7 @@ fn new_message(
         sender: me,
         sender_name: name.to_owned(),
         to,
-        text: text.to_owned(),
+        text: Arc::from(text),
         time: time.to_string(),
         unix_time,
         cmid,
@@ -108,32 +110,21 @@ fn ack_fields(a: &Accepted) -> serde_json::Map<String, serde_json::Value> {
     fields([("mid", a.mid.into()), ("time", a.time.clone().into())])
 }
 
-/// The logged message `new` became, for its pushes.
-fn logged(new: &NewMessage, a: &Accepted) -> Message {
-    Message {
-        mid: a.mid,
-        sender: new.sender,
-        sender_name: new.sender_name.clone(),
-        to: new.to,
-        text: new.text.clone(),
-        time: a.time.clone(),
-    }
-}
-
 impl Hub {
     /// Appends `new` to the log and, once committed, delivers it to its recipients
     /// (unless its cmid was seen before: then nothing is delivered). `then` runs on the
     /// writer thread after that, with the outcome.
     pub fn append(self: &Arc<Self>, new: NewMessage, then: impl FnOnce(Result<Accepted, Fail>) + Send + 'static) {
         let hub = Arc::clone(self);
-        let recipients = new.recipients.clone();
-        let msg = new.clone();
+        let (recipients, sender, name, to, text) =
+            (new.recipients.clone(), new.sender, new.sender_name.clone(), new.to, Arc::clone(&new.text));
         self.writer.submit(
             new,
             Box::new(move |result| match result {
                 Ok(accepted) => {
                     if accepted.first {
-                        hub.fan_out(&recipients, push_of(&logged(&msg, &accepted)), msg.sender);
+                        let push = push(sender, &name, to, &text, &accepted.time, accepted.mid);
+                        hub.fan_out(&recipients, push, sender);
                     }
                     then(Ok(accepted));
                 }

@@ -18,7 +18,7 @@ use super::remote::RemoteInbox;
 use super::worker::Worker;
 use super::worker_pool::WorkerPool;
 use crate::bus::{Bus, LocalBus, RedisBus};
-use crate::net::{ServerOptions, ShutdownHandle, TcpServer};
+use crate::net::{self, ServerOptions, ShutdownHandle, TcpServer};
 use crate::store::{self, LogWriter, Store};
 
 /// How long shutdown waits for requests in flight, and for the final stores.
@@ -51,14 +51,15 @@ pub struct ChatServer {
 }
 
 impl ChatServer {
-    /// Opens the store and binds the address `config` names.
+    /// Opens the store and listens on the address `config` names, with its backlog.
     pub fn bind(config: &Config) -> Result<ChatServer, Error> {
         let addr = SocketAddr::new(config.ip, config.port);
-        let listener = TcpListener::bind(addr).map_err(|e| Error::Io(format!("cannot listen on {addr}"), e))?;
+        let listener =
+            net::listen(addr, config.backlog()).map_err(|e| Error::Io(format!("cannot listen on {addr}"), e))?;
         ChatServer::new(config, listener)
     }
 
-    /// Builds the service on a bound listener.
+    /// Builds the service on a bound listener (whose backlog is the caller's).
     pub fn new(config: &Config, listener: TcpListener) -> Result<ChatServer, Error> {
         let store = store::open_with_pool(&config.db, config.db_pool()).map_err(Error::Store)?;
         // A single server owns its database: nobody is online before it starts, and
@@ -196,6 +197,7 @@ fn expire_history(store: Arc<dyn Store>, days: u64) -> Result<(), Error> {
 
 /// Runs the server `config` describes until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), Error> {
+    check_limits(config);
     let server = ChatServer::bind(config)?;
     let stop = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])
@@ -210,4 +212,31 @@ pub fn run(config: &Config) -> Result<(), Error> {
         })
         .map_err(|e| Error::Io("cannot start the signal thread".into(), e))?;
     server.run()
+}
+
+/// Raises the limit on open files as far as it goes and says what the host allows: a
+/// limit below `--max-conns` caps the connections below it, and the kernel cuts a
+/// backlog past `net.core.somaxconn` to it.
+fn check_limits(config: &Config) {
+    match net::raise_fd_limit() {
+        Ok(files) => {
+            log::info!("open files: up to {files}; listen backlog: {}", config.backlog());
+            if usize::try_from(files).is_ok_and(|files| files < config.max_conns) {
+                log::warn!(
+                    "at most {files} open files, fewer than --max-conns {}: the server cannot hold more than \
+                     about {files} connections. On a real host raise the limit on open files (`ulimit -n`, \
+                     LimitNOFILE= under systemd) and net.core.somaxconn (sysctl) for bursts of connections",
+                    config.max_conns
+                );
+            }
+        }
+        Err(e) => log::warn!("cannot read or raise the limit on open files: {e}"),
+    }
+    let somaxconn = net::somaxconn();
+    if config.backlog() > somaxconn {
+        log::warn!(
+            "--backlog {} is cut to net.core.somaxconn {somaxconn} by the kernel; raise net.core.somaxconn (sysctl)",
+            config.backlog()
+        );
+    }
 }

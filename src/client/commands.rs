@@ -5,6 +5,7 @@ use std::fmt;
 
 use serde_json::{json, Value};
 
+use super::history::{HISTORY, PAGE};
 use crate::proto::msg::{
     ADD_FRIEND, ADD_GROUP, CREATE_GROUP, DEL_FRIEND, DEL_GROUP, GROUP_CHAT, LOGINOUT, ONE_CHAT, SHOW_FRIEND_LIST,
 };
@@ -21,6 +22,8 @@ pub enum Command {
     AddGroup(i64),
     DelGroup(i64),
     GroupChat { group: i64, msg: String },
+    History { peer: i64 },
+    GroupHistory { group: i64 },
     LoginOut,
 }
 
@@ -47,6 +50,8 @@ pub const HELP: &[(&str, &str)] = &[
     ("addgroup:groupid", "join a group"),
     ("delgroup:groupid", "leave a group (its creator deletes it)"),
     ("groupchat:groupid:message", "send a message to a group"),
+    ("history:friendid", "your latest messages with a user; again for older ones"),
+    ("grouphistory:groupid", "a group's latest messages; again for older ones"),
     ("loginout", "log out and go back to the menu"),
 ];
 
@@ -92,6 +97,8 @@ impl Command {
             "delfriend" => Ok(Command::DelFriend(id(name, "friendid", rest.unwrap_or(""))?)),
             "addgroup" => Ok(Command::AddGroup(id(name, "groupid", rest.unwrap_or(""))?)),
             "delgroup" => Ok(Command::DelGroup(id(name, "groupid", rest.unwrap_or(""))?)),
+            "history" => Ok(Command::History { peer: id(name, "friendid", rest.unwrap_or(""))? }),
+            "grouphistory" => Ok(Command::GroupHistory { group: id(name, "groupid", rest.unwrap_or(""))? }),
             "chat" | "groupchat" => {
                 let (target, msg) = match rest.map(|r| r.split_once(':')) {
                     Some(Some((target, msg))) => (target, Some(msg)),
@@ -126,7 +133,9 @@ impl Command {
     /// `None` for commands the client handles alone (help).
     ///
     /// Like the seeds' client it sends its own id, name and time; the server checks the
-    /// id against the session and replaces the name and time with its own.
+    /// id against the session and replaces the name and time with its own. A chat
+    /// message's `cmid` comes from the [`super::outbox::Outbox`], a history page's
+    /// `before` from the [`super::history::Cursor`].
     pub fn request(&self, me: i64, my_name: &str, now: &str) -> Option<Value> {
         Some(match self {
             Command::Help => return None,
@@ -144,6 +153,8 @@ impl Command {
             Command::GroupChat { group, msg } => {
                 json!({"msgid": GROUP_CHAT, "id": me, "name": my_name, "groupid": group, "msg": msg, "time": now})
             }
+            Command::History { peer } => json!({"msgid": HISTORY, "peer": peer, "limit": PAGE}),
+            Command::GroupHistory { group } => json!({"msgid": HISTORY, "groupid": group, "limit": PAGE}),
             Command::LoginOut => json!({"msgid": LOGINOUT, "id": me}),
         })
     }
@@ -162,6 +173,8 @@ mod tests {
         assert_eq!(Command::parse("delfriend: 7 "), Ok(Command::DelFriend(7)));
         assert_eq!(Command::parse("addgroup:3"), Ok(Command::AddGroup(3)));
         assert_eq!(Command::parse("delgroup:3"), Ok(Command::DelGroup(3)));
+        assert_eq!(Command::parse("history:2"), Ok(Command::History { peer: 2 }));
+        assert_eq!(Command::parse("grouphistory: 9"), Ok(Command::GroupHistory { group: 9 }));
         assert_eq!(
             Command::parse("creategroup:rust:a: group"),
             Ok(Command::CreateGroup { name: "rust".into(), desc: "a: group".into() })
@@ -192,6 +205,9 @@ mod tests {
             ("groupchat:", "usage: groupchat:groupid:message"),
             ("creategroup:", "usage: creategroup:groupname:groupdesc"),
             ("help:me", "help takes no arguments"),
+            ("history", "usage: history:friendid"),
+            ("history:bob", "friendid must be a number"),
+            ("grouphistory:", "usage: grouphistory:groupid"),
             ("fly:1", "unknown command \"fly\""),
         ] {
             let got = Command::parse(line).map_err(|e| e.0);
@@ -208,5 +224,13 @@ mod tests {
         );
         assert_eq!(Command::Help.request(1, "ann", ""), None);
         assert_eq!(Command::LoginOut.request(1, "ann", ""), Some(json!({"msgid": 3, "id": 1})));
+        assert_eq!(
+            Command::History { peer: 2 }.request(1, "ann", ""),
+            Some(json!({"msgid": 19, "peer": 2, "limit": PAGE}))
+        );
+        assert_eq!(
+            Command::GroupHistory { group: 7 }.request(1, "ann", ""),
+            Some(json!({"msgid": 19, "groupid": 7, "limit": PAGE}))
+        );
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - The caller's thread (the client's main thread) runs [`Connection::call`]: it gives
 //!   the request a fresh integer `reqid`, sends it and blocks until the reply carrying
-//!   that `reqid` arrives, the connection ends, or the reply timeout passes.
+//!   that `reqid` arrives, the connection ends, or the reply timeout passes. Frames that
+//!   get no reply (RECEIVED) go out through an [`Outlet`], from the push printer thread.
 //! - The reader thread, started by [`Connection::connect`], is the only one that reads
 //!   the socket. It cuts frames, hands each reply to the call waiting on its `reqid`
 //!   (through a one-slot crossbeam channel), forwards pushes (ONE_CHAT, GROUP_CHAT and
@@ -15,8 +16,7 @@
 //!   the reader) whenever nothing was sent for the keepalive interval, so an idle
 //!   timeout in a load balancer does not cut the connection.
 //!
-//! Writes from the main and keepalive threads go through one mutex, so frames never
-//! interleave. Every frame sent ends with `\n`.
+//! Writes from every thread go through one mutex, so frames never interleave. Every frame sent ends with `\n`.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -51,6 +51,17 @@ pub struct Connection {
     reply_timeout: Duration,
     reader: Option<JoinHandle<()>>,
     keepalive: Option<(Sender<()>, JoinHandle<()>)>,
+}
+
+/// Sends frames that get no reply (RECEIVED) on a connection, from any thread. Clones
+/// share the connection; it fails once the connection is gone.
+#[derive(Clone)]
+pub struct Outlet(Arc<Shared>);
+
+impl Outlet {
+    pub fn send(&self, frame: &Value) -> io::Result<()> {
+        self.0.send(frame)
+    }
 }
 
 /// What the threads of one connection share.
@@ -163,6 +174,11 @@ impl Connection {
         self.pushes.clone()
     }
 
+    /// A handle for sending frames that get no reply.
+    pub fn outlet(&self) -> Outlet {
+        Outlet(Arc::clone(&self.shared))
+    }
+
     /// Gets one message, the reason, when the connection ends (then disconnects).
     pub fn closed(&self) -> &Receiver<String> {
         &self.closed
@@ -201,6 +217,11 @@ impl Connection {
         }
     }
 
+    /// Shuts the socket down: the reader thread ends, and with it the push channel.
+    pub fn close(&self) {
+        let _ = lock(&self.shared.writer).stream.shutdown(Shutdown::Both);
+    }
+
     /// The error for a connection that ended for `reason`.
     pub fn lost(&self, reason: String) -> ClientError {
         ClientError::Lost { server: self.server.clone(), reason }
@@ -213,7 +234,7 @@ impl Drop for Connection {
             drop(stop);
             let _ = handle.join();
         }
-        let _ = lock(&self.shared.writer).stream.shutdown(Shutdown::Both);
+        self.close();
         if let Some(handle) = self.reader.take() {
             let _ = handle.join();
         }

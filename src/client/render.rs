@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use super::commands::{Command, HELP};
+use super::outbox::Again;
 use crate::proto::msg::{errno, ERROR, GROUP_CHAT, ONE_CHAT};
 
 /// The menu shown before login.
@@ -112,8 +113,9 @@ pub fn registered(name: &str, reply: &Value) -> String {
     }
 }
 
-/// A successful LOGIN_ACK: the account, friends, groups and offline messages.
-pub fn login_summary(reply: &Value) -> Vec<String> {
+/// A successful LOGIN_ACK: the account, friends, groups and `offline`, its offline
+/// messages less any already shown.
+pub fn login_summary(reply: &Value, offline: &[Value]) -> Vec<String> {
     let mut out = vec![format!("======== logged in as {} (id {}) ========", text(reply, "name"), int(reply, "id"))];
     let friends = elements(reply, "friends");
     if friends.is_empty() {
@@ -142,13 +144,94 @@ pub fn login_summary(reply: &Value) -> Vec<String> {
             }
         }
     }
-    let offline = elements(reply, "offlinemsg");
     if offline.is_empty() {
         out.push("offline messages: none".into());
     } else {
-        out.push(format!("offline messages ({}):", offline.len()));
-        out.extend(offline.iter().map(|m| format!("  {}", chat_message(m))));
+        out.extend(offline_messages(offline));
     }
+    out
+}
+
+/// A LOGIN_ACK's offline messages, objects (v2) or JSON-encoded strings (v1).
+pub fn offline_of(reply: &Value) -> Vec<Value> {
+    elements(reply, "offlinemsg")
+}
+
+/// Offline messages under a heading, each with its time.
+pub fn offline_messages(offline: &[Value]) -> Vec<String> {
+    let mut out = vec![format!("offline messages ({}):", offline.len())];
+    out.extend(offline.iter().map(|m| format!("  {}", chat_message(m))));
+    out
+}
+
+/// Who a command talks to, for sentences: `user 2`, `group 7`.
+fn target(cmd: &Command) -> String {
+    match cmd {
+        Command::Chat { to: id, .. } | Command::History { peer: id } => format!("user {id}"),
+        Command::GroupChat { group: id, .. } | Command::GroupHistory { group: id } => format!("group {id}"),
+        _ => "?".into(),
+    }
+}
+
+/// A page of HISTORY's reply to `cmd`: the messages, oldest first, each with its time;
+/// `older` when it continues the page shown before.
+pub fn history_page(cmd: &Command, reply: &Value, older: bool) -> Vec<String> {
+    let with = match cmd {
+        Command::GroupHistory { .. } => format!("in {}", target(cmd)),
+        _ => format!("with {}", target(cmd)),
+    };
+    let messages = reply.get("messages").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    if messages.is_empty() {
+        return vec![if older { format!("no older messages {with}") } else { format!("no messages {with} yet") }];
+    }
+    let mut out = vec![if older { format!("older messages {with}:") } else { format!("latest messages {with}:") }];
+    out.extend(messages.iter().map(|m| format!("  {}", chat_message(m))));
+    let again = match cmd {
+        Command::History { peer } => format!("history:{peer}"),
+        Command::GroupHistory { group } => format!("grouphistory:{group}"),
+        _ => String::new(),
+    };
+    if reply.get("more").and_then(Value::as_bool) == Some(true) {
+        out.push(format!("  ({again} again shows older messages)"));
+    } else {
+        out.push("  (the conversation starts here)".into());
+    }
+    out
+}
+
+/// The answer to a repeated history command after the first page of a conversation.
+pub fn no_older(cmd: &Command) -> String {
+    format!("no older messages: the conversation with {} starts above", target(cmd))
+}
+
+/// Why a chat message is not sent yet, and that it will be.
+pub fn unsent(cmd: &Command, why: &Again, waiting: usize) -> String {
+    let reason = match why {
+        Again::Busy => "the server is busy".to_owned(),
+        Again::NoReply => "the server did not answer".to_owned(),
+        Again::Lost(reason) => format!("the connection was lost ({})", clean(reason)),
+    };
+    let others = match waiting {
+        0 | 1 => String::new(),
+        n => format!(" (with {} more after it)", n - 1),
+    };
+    format!("{reason}: the message to {}{others} will be sent again", target(cmd))
+}
+
+/// A chat message queued behind others that are not sent yet.
+pub fn queued(cmd: &Command, ahead: usize) -> String {
+    format!("the message to {} waits for {ahead} earlier message(s) to be sent", target(cmd))
+}
+
+/// Chat messages given up on (logging out or leaving before they were acknowledged).
+pub fn not_sent(cmds: &[Command]) -> Vec<String> {
+    let mut out = vec![format!("{} message(s) could not be sent:", cmds.len())];
+    out.extend(cmds.iter().filter_map(|c| match c {
+        Command::Chat { msg, .. } | Command::GroupChat { msg, .. } => {
+            Some(format!("  to {}: {}", target(c), clean(msg)))
+        }
+        _ => None,
+    }));
     out
 }
 
@@ -185,19 +268,28 @@ pub fn outcome(cmd: &Command, reply: &Value) -> String {
             Command::AddGroup(g) => format!("you joined group {g}"),
             Command::DelGroup(g) => format!("you left group {g} (if you created it, it is deleted)"),
             Command::GroupChat { group, .. } => format!("message sent to group {group}"),
+            Command::History { .. } | Command::GroupHistory { .. } => history_page(cmd, reply, false).join("\n"),
             Command::LoginOut => "logged out".into(),
         };
     }
+    let unknown_request = reply.get("msgid").and_then(Value::as_i64) == Some(ERROR);
     let specific = match (errno, cmd) {
-        (errno::NOT_FOUND, Command::Chat { to: user, .. } | Command::AddFriend(user)) => {
-            Some(format!("user {user} does not exist"))
+        (errno::MALFORMED, Command::History { .. } | Command::GroupHistory { .. }) if unknown_request => {
+            Some("this server keeps no history".into())
         }
+        (
+            errno::NOT_FOUND,
+            Command::Chat { to: user, .. } | Command::AddFriend(user) | Command::History { peer: user },
+        ) => Some(format!("user {user} does not exist")),
         (errno::NOT_FOUND, Command::DelFriend(user)) => Some(format!("user {user} is not your friend")),
-        (errno::NOT_FOUND, Command::AddGroup(g) | Command::GroupChat { group: g, .. }) => {
-            Some(format!("group {g} does not exist"))
-        }
+        (
+            errno::NOT_FOUND,
+            Command::AddGroup(g) | Command::GroupChat { group: g, .. } | Command::GroupHistory { group: g },
+        ) => Some(format!("group {g} does not exist")),
         (errno::NOT_FOUND, Command::DelGroup(g)) => Some(format!("you are not in group {g}, or it does not exist")),
-        (errno::FORBIDDEN, Command::GroupChat { group, .. }) => Some(format!("you are not a member of group {group}")),
+        (errno::FORBIDDEN, Command::GroupChat { group, .. } | Command::GroupHistory { group }) => {
+            Some(format!("you are not a member of group {group}"))
+        }
         (errno::FORBIDDEN, _) => Some(format!("not allowed: {}", errmsg_of(reply))),
         (errno::CONFLICT, Command::AddFriend(f)) => Some(format!("user {f} is already your friend")),
         (errno::CONFLICT, Command::CreateGroup { name, .. }) => {
@@ -235,7 +327,7 @@ mod tests {
             "friends": [{"id": 1, "name": "ann", "state": "online"}],
             "groups": [{"id": 7, "groupname": "g", "groupdesc": "d", "users": [{"id": 3, "name": "cat", "state": "online", "role": "creator"}]}],
             "offlinemsg": [{"msgid": 6, "id": 1, "name": "ann", "toid": 3, "msg": "m", "time": "t"}]});
-        let text = login_summary(&v2).join("\n");
+        let text = login_summary(&v2, &offline_of(&v2)).join("\n");
         for want in [
             "logged in as cat (id 3)",
             "  1 ann (online)",
@@ -247,7 +339,7 @@ mod tests {
             assert!(text.contains(want), "{want} not in\n{text}");
         }
         let v1 = json!({"id": 3, "name": "cat", "friends": ["{\"id\":1,\"name\":\"ann\",\"state\":\"offline\"}"]});
-        let text = login_summary(&v1).join("\n");
+        let text = login_summary(&v1, &offline_of(&v1)).join("\n");
         assert!(
             text.contains("  1 ann (offline)")
                 && text.contains("groups: none")
@@ -271,6 +363,11 @@ mod tests {
         assert_eq!(outcome(&Command::ShowFriendList, &r(999)), "server text");
         assert_eq!(outcome(&Command::ShowFriendList, &json!({"errno": 999})), "error 999");
         assert_eq!(login_failure(&r(1)), "wrong user id or password");
+        // A server without HISTORY answers it as an unknown request.
+        let unknown = json!({"msgid": 11, "errno": 400, "errmsg": "unknown msgid 19"});
+        assert_eq!(outcome(&Command::History { peer: 2 }, &unknown), "this server keeps no history");
+        assert_eq!(outcome(&Command::GroupHistory { group: 7 }, &r(404)), "group 7 does not exist");
+        assert_eq!(outcome(&Command::History { peer: 2 }, &r(404)), "user 2 does not exist");
         assert_eq!(registered("bob", &r(409)), "the name bob is already taken");
         assert_eq!(
             registered("bob", &json!({"errno": 0, "id": 12})),
@@ -288,5 +385,28 @@ mod tests {
         let list = json!({"errno": 0, "friends": [{"id": 2, "name": "bob", "state": "online"}]});
         assert_eq!(outcome(&Command::ShowFriendList, &list), "friends (1):\n  2 bob (online)");
         assert_eq!(outcome(&Command::ShowFriendList, &json!({"errno": 0, "friends": []})), "you have no friends yet");
+    }
+
+    #[test]
+    fn history_pages_and_unsent_messages_are_words() {
+        let h = Command::GroupHistory { group: 7 };
+        let page = json!({"errno": 0, "more": false, "messages": [
+            {"msgid": 10, "id": 1, "name": "ann", "groupid": 7, "msg": "hi", "time": "t1", "mid": 3}]});
+        assert_eq!(
+            history_page(&h, &page, true),
+            vec!["older messages in group 7:", "  [t1] group 7 | ann (1): hi", "  (the conversation starts here)"]
+        );
+        assert_eq!(history_page(&h, &json!({"errno": 0, "messages": []}), false), vec!["no messages in group 7 yet"]);
+        let chat = Command::Chat { to: 2, msg: "a\u{1b}b".into() };
+        assert_eq!(
+            unsent(&chat, &Again::Busy, 3),
+            "the server is busy: the message to user 2 (with 2 more after it) will be sent again"
+        );
+        assert_eq!(
+            unsent(&chat, &Again::NoReply, 1),
+            "the server did not answer: the message to user 2 will be sent again"
+        );
+        assert_eq!(queued(&chat, 1), "the message to user 2 waits for 1 earlier message(s) to be sent");
+        assert_eq!(not_sent(&[chat]), vec!["1 message(s) could not be sent:", "  to user 2: a\\u{1b}b"]);
     }
 }

@@ -20,8 +20,10 @@ use super::Handler;
 const WAKER: Token = Token(usize::MAX);
 /// Bytes read per `read` call.
 const READ_CHUNK: usize = 64 * 1024;
-/// Reads per readiness event before other connections get their turn.
-const READS_PER_TURN: usize = 16;
+/// Reads per readiness event before other connections get their turn: one, as in
+/// muduo, so a connection whose frames are costly to parse holds its loop for one
+/// chunk's work at a time (it is read again after the others).
+const READS_PER_TURN: usize = 1;
 /// How often `on_tick` runs.
 const TICK: Duration = Duration::from_secs(1);
 /// How long a connection closing after its output may wait for a slow reader.

@@ -5,6 +5,8 @@
 //!   [`EventLoop`](event_loop) threads.
 //! - Each `EventLoop` owns a `mio::Poll` and a slab of [`Connection`]s, reads until
 //!   WouldBlock, and calls the [`Handler`]'s callbacks on its own thread.
+//! - [`listen`] makes the listening socket with the backlog asked for (std's is 128);
+//!   [`raise_fd_limit`] lets the process hold as many connections as it may.
 //! - [`LoopPool`] is how any other thread reaches a connection: it queues a closure on
 //!   the owning loop and wakes it; a stale [`ConnRef`] gets `None`.
 
@@ -12,11 +14,13 @@ mod acceptor;
 mod buffer;
 mod connection;
 mod event_loop;
+mod listener;
 mod loop_pool;
 mod server;
 
 pub use buffer::Buffer;
 pub use connection::{ConnRef, Connection};
+pub use listener::{listen, raise_fd_limit, somaxconn};
 pub use loop_pool::LoopPool;
 pub use server::{ServerOptions, ShutdownHandle, TcpServer};
 

@@ -2,7 +2,8 @@
 //! `TcpServer` with its `EventLoopThreadPool`.
 //!
 //! ```text
-//! let server = TcpServer::bind(addr, opts)?;   // sockets and loops, no threads yet
+//! let listener = net::listen(addr, backlog)?;  // or any bound std listener
+//! let server = TcpServer::new(listener, opts)?; // sockets and loops, no threads yet
 //! let pool = server.pool();                     // hand to the upper layer
 //! let stop = server.shutdown_handle();          // raise from a signal thread or a test
 //! let running = server.start(handler)?;         // loop threads up
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use mio::Waker;
+use socket2::SockRef;
 
 use super::acceptor::{Acceptor, STOP};
 use super::event_loop::EventLoop;
@@ -63,10 +65,11 @@ impl<H: Handler> TcpServer<H> {
         listener.set_nonblocking(true)?;
         // Accepted sockets inherit these from the listener (Linux copies the socket's
         // options into each connection it accepts), which saves two syscalls each.
-        set_flag(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY)?;
+        let socket = SockRef::from(&listener);
+        socket.set_tcp_nodelay(true)?;
         if opts.keepalive {
             // A peer that vanished without a FIN is noticed.
-            set_flag(&listener, libc::SOL_SOCKET, libc::SO_KEEPALIVE)?;
+            socket.set_keepalive(true)?;
         }
         let local_addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -149,55 +152,18 @@ impl<H: Handler> RunningServer<H> {
     }
 }
 
-/// Turns on a boolean socket option.
-fn set_flag(socket: &impl std::os::fd::AsRawFd, level: libc::c_int, name: libc::c_int) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket fd and a pointer to a c_int of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            level,
-            name,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn flag(socket: &impl std::os::fd::AsRawFd, level: libc::c_int, name: libc::c_int) -> bool {
-        let mut value: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: a valid socket fd, and a c_int with its size for the answer.
-        let rc = unsafe {
-            libc::getsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                &mut value as *mut libc::c_int as *mut libc::c_void,
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
-        value != 0
-    }
-
     #[test]
     fn accepted_sockets_inherit_nodelay_and_keepalive_from_the_listener() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        set_flag(&listener, libc::IPPROTO_TCP, libc::TCP_NODELAY).unwrap();
-        set_flag(&listener, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap();
+        SockRef::from(&listener).set_tcp_nodelay(true).unwrap();
+        SockRef::from(&listener).set_keepalive(true).unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        assert!(flag(&accepted, libc::IPPROTO_TCP, libc::TCP_NODELAY));
-        assert!(flag(&accepted, libc::SOL_SOCKET, libc::SO_KEEPALIVE));
+        assert!(SockRef::from(&accepted).tcp_nodelay().unwrap());
+        assert!(SockRef::from(&accepted).keepalive().unwrap());
     }
 }

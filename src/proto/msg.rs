@@ -6,7 +6,7 @@
 
 use serde_json::{Map, Value};
 
-use super::fields::{Fields, TopLevel};
+use super::fields::{Fields, Keep, TopLevel};
 
 pub const LOGIN: i64 = 1;
 pub const LOGIN_ACK: i64 = 2;
@@ -113,33 +113,25 @@ impl Request {
     /// Valid JSON that serde_json cannot represent — a lone surrogate escape, a number
     /// beyond f64 (`1e400`) — is repaired (the escape becomes U+FFFD, the number
     /// `null`) and the request marked `lossy`: a mistyped field, not a broken stream.
+    /// The cost is linear in the frame's length whatever it holds: at most two parses
+    /// and one repairing pass.
     pub fn parse(bytes: &[u8]) -> Result<Request, ParseError> {
-        let mut repaired: Option<Vec<u8>> = None;
-        let mut lossy = false;
-        let value = loop {
-            let input = repaired.as_deref().unwrap_or(bytes);
-            let err = match serde_json::from_slice::<TopLevel>(input) {
-                Ok(v) => break v,
-                Err(e) => e,
-            };
-            let text = err.to_string();
-            let fixed = if text.starts_with("number out of range") {
-                null_out_number(input, err.line(), err.column())
-            } else if !lossy
-                && (text.contains("surrogate") || text.contains("code point") || text.contains("hex escape"))
-            {
-                Some(replace_lone_surrogates(input))
-            } else {
-                None
-            };
-            match fixed {
-                // Each repair removes one problem, so this ends; the bound is a backstop.
-                Some(f) if f != input && f.len() <= input.len() + 8 => {
-                    repaired = Some(f);
-                    lossy = true;
-                }
-                _ => return Err(ParseError::NotJson(text)),
-            }
+        Request::parse_keeping(bytes, Keep::All)
+    }
+
+    /// Reads only `msgid` and `reqid`, checking the rest as JSON but building none of
+    /// it: enough to answer a request that will not be carried out (over the rate
+    /// limit). The other fields are absent from `body`.
+    pub fn parse_head(bytes: &[u8]) -> Result<Request, ParseError> {
+        Request::parse_keeping(bytes, Keep::Only(&["msgid", "reqid"]))
+    }
+
+    fn parse_keeping(bytes: &[u8], keep: Keep) -> Result<Request, ParseError> {
+        let not_json = |e: serde_json::Error| ParseError::NotJson(e.to_string());
+        let (value, lossy) = match TopLevel::parse(bytes, keep) {
+            Ok(value) => (value, false),
+            Err(e) if repairable(&e) => (TopLevel::parse(&repair(bytes), keep).map_err(not_json)?, true),
+            Err(e) => return Err(not_json(e)),
         };
         let TopLevel::Object(body) = value else {
             return Err(ParseError::NotJson("expected a JSON object".into()));
@@ -261,88 +253,32 @@ pub fn error_frame(errno: i64, errmsg: &str, reqid: Option<&Value>) -> Vec<u8> {
     serde_json::to_vec(&Value::Object(obj)).unwrap_or_default()
 }
 
-/// Replaces the number token serde_json stopped at (1-based line and byte column) with
-/// `null`; `None` if no number is there.
-fn null_out_number(input: &[u8], line: usize, column: usize) -> Option<Vec<u8>> {
-    let line_start = if line <= 1 {
-        0
-    } else {
-        input.iter().enumerate().filter(|(_, b)| **b == b'\n').nth(line - 2).map(|(i, _)| i + 1)?
-    };
-    let at = (line_start + column.max(1) - 1).min(input.len().checked_sub(1)?);
-    let is_num = |b: u8| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E');
-    let mut end = at;
-    while end < input.len() && is_num(input[end]) {
-        end += 1;
-    }
-    let mut start = at.min(end);
-    while start > 0 && is_num(input[start - 1]) {
-        start -= 1;
-    }
-    if start == end {
-        return None;
-    }
-    let mut out = Vec::with_capacity(input.len());
-    out.extend_from_slice(&input[..start]);
-    out.extend_from_slice(b"null");
-    out.extend_from_slice(&input[end..]);
-    Some(out)
+/// Whether serde_json refused valid JSON it cannot represent: a number beyond f64 or
+/// an unpaired surrogate escape, which [`repair`] replaces.
+fn repairable(e: &serde_json::Error) -> bool {
+    let text = e.to_string();
+    text.starts_with("number out of range")
+        || text.contains("surrogate")
+        || text.contains("code point")
+        || text.contains("hex escape")
 }
 
-/// Replaces `\uXXXX` escapes of unpaired surrogates inside strings with `\ufffd`.
-fn replace_lone_surrogates(bytes: &[u8]) -> Vec<u8> {
-    fn hex4(b: &[u8]) -> Option<u16> {
-        let s = std::str::from_utf8(b.get(..4)?).ok()?;
-        u16::from_str_radix(s, 16).ok()
-    }
+/// The text with every number beyond f64 replaced by `null` and every unpaired
+/// surrogate escape by `\ufffd`, in one pass; everything else is copied as it is.
+/// Outside strings, a run of number bytes is one token, as in valid JSON.
+fn repair(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
-    let mut in_string = false;
     let mut i = 0;
     while i < bytes.len() {
-        let b = bytes[i];
-        if !in_string {
-            in_string = b == b'"';
-            out.push(b);
-            i += 1;
-            continue;
-        }
-        match b {
-            b'"' => {
-                in_string = false;
-                out.push(b);
-                i += 1;
+        match bytes[i] {
+            b'"' => i = copy_string(bytes, i, &mut out),
+            b'-' | b'0'..=b'9' => {
+                let len = bytes[i..].iter().position(|&b| !is_number_byte(b)).unwrap_or(bytes.len() - i);
+                let token = &bytes[i..i + len];
+                out.extend_from_slice(if beyond_f64(token) { b"null" } else { token });
+                i += len;
             }
-            b'\\' if bytes.get(i + 1) == Some(&b'u') => {
-                let unit = hex4(&bytes[(i + 2).min(bytes.len())..]);
-                match unit {
-                    Some(hi @ 0xD800..=0xDBFF) => {
-                        let next_is_low = bytes.get(i + 6) == Some(&b'\\')
-                            && bytes.get(i + 7) == Some(&b'u')
-                            && matches!(hex4(&bytes[(i + 8).min(bytes.len())..]), Some(0xDC00..=0xDFFF));
-                        if next_is_low {
-                            out.extend_from_slice(&bytes[i..i + 12]);
-                            i += 12;
-                        } else {
-                            let _ = hi;
-                            out.extend_from_slice(b"\\ufffd");
-                            i += 6;
-                        }
-                    }
-                    Some(0xDC00..=0xDFFF) => {
-                        out.extend_from_slice(b"\\ufffd");
-                        i += 6;
-                    }
-                    _ => {
-                        out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
-                        i += 2;
-                    }
-                }
-            }
-            b'\\' => {
-                out.extend_from_slice(&bytes[i..(i + 2).min(bytes.len())]);
-                i += 2;
-            }
-            _ => {
+            b => {
                 out.push(b);
                 i += 1;
             }
@@ -351,8 +287,115 @@ fn replace_lone_surrogates(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+fn is_number_byte(b: u8) -> bool {
+    b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E')
+}
+
+/// Whether serde_json refuses the number `token` as out of range. A JSON number whose
+/// first significant digit is clearly inside f64's range (below 10^307) or outside it
+/// (10^310 and up) is decided here; anything else is asked of serde_json itself.
+fn beyond_f64(token: &[u8]) -> bool {
+    match magnitude(token) {
+        Some(None) => false,
+        Some(Some(e)) if e < 307 => false,
+        Some(Some(e)) if e >= 310 => true,
+        _ => serde_json::from_slice::<Value>(token).is_err_and(|e| e.to_string().starts_with("number out of range")),
+    }
+}
+
+/// For a valid JSON number, the power of ten of its first significant digit, `None`
+/// for zero; `None` outright for what is not a JSON number.
+fn magnitude(token: &[u8]) -> Option<Option<i64>> {
+    fn digits(b: &[u8]) -> usize {
+        b.iter().take_while(|d| d.is_ascii_digit()).count()
+    }
+    let t = token.strip_prefix(b"-").unwrap_or(token);
+    let (int, rest) = t.split_at(digits(t));
+    if int.is_empty() || (int.len() > 1 && int[0] == b'0') {
+        return None;
+    }
+    let (frac, rest) = match rest.strip_prefix(b".") {
+        Some(r) if digits(r) > 0 => r.split_at(digits(r)),
+        Some(_) => return None,
+        None => (&rest[..0], rest),
+    };
+    let exp = match rest {
+        [] => 0,
+        [b'e' | b'E', e @ ..] => {
+            let (negative, e) = match e {
+                [b'-', e @ ..] => (true, e),
+                [b'+', e @ ..] => (false, e),
+                e => (false, e),
+            };
+            if e.is_empty() || digits(e) != e.len() {
+                return None;
+            }
+            // Past 10^12 the answer is the same: saturate.
+            let n = e.iter().fold(0i64, |n, d| (n * 10 + i64::from(d - b'0')).min(1 << 40));
+            if negative {
+                -n
+            } else {
+                n
+            }
+        }
+        _ => return None,
+    };
+    let len = |b: &[u8]| i64::try_from(b.len()).unwrap_or(i64::MAX >> 2);
+    let first = match int.iter().position(|&d| d != b'0') {
+        Some(i) => len(&int[i..]) - 1,
+        None => match frac.iter().position(|&d| d != b'0') {
+            Some(i) => -len(&frac[..i]) - 1,
+            None => return Some(None),
+        },
+    };
+    Some(Some(first + exp))
+}
+
+/// Copies the string literal opening at `bytes[start]` to `out`, its unpaired
+/// surrogate escapes replaced by `\ufffd`; returns where it ends (past its closing
+/// quote, or the end of the input).
+fn copy_string(bytes: &[u8], start: usize, out: &mut Vec<u8>) -> usize {
+    out.push(b'"');
+    let mut i = start + 1;
+    loop {
+        let plain = bytes[i..].iter().position(|&b| b == b'"' || b == b'\\').unwrap_or(bytes.len() - i);
+        out.extend_from_slice(&bytes[i..i + plain]);
+        i += plain;
+        match bytes.get(i) {
+            None => return i,
+            Some(b'"') => {
+                out.push(b'"');
+                return i + 1;
+            }
+            Some(_) => {
+                // A backslash: a surrogate escape, a pair of them, or another escape.
+                let escape = match hex_escape(bytes, i) {
+                    Some(0xD800..=0xDBFF) if matches!(hex_escape(bytes, i + 6), Some(0xDC00..=0xDFFF)) => 12,
+                    Some(0xD800..=0xDFFF) => {
+                        out.extend_from_slice(b"\\ufffd");
+                        i += 6;
+                        continue;
+                    }
+                    _ => 2,
+                };
+                let end = (i + escape).min(bytes.len());
+                out.extend_from_slice(&bytes[i..end]);
+                i = end;
+            }
+        }
+    }
+}
+
+/// The code unit of the `\uXXXX` escape at `bytes[at]`, if one is there.
+fn hex_escape(bytes: &[u8], at: usize) -> Option<u16> {
+    let digits = bytes.get(at..at + 6).filter(|e| e.starts_with(b"\\u"))?.get(2..)?;
+    digits.iter().try_fold(0u16, |n, &d| Some(n * 16 + (d as char).to_digit(16)? as u16))
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -421,5 +464,157 @@ mod tests {
         assert!(r.string("name", 1, 2).is_ok());
         assert_eq!(r.string("name", 1, 1).map_err(|f| f.errno), Err(400));
         assert_eq!(r.int("name").map_err(|f| f.errno), Err(400));
+    }
+    #[test]
+    fn every_bad_number_and_surrogate_is_repaired_in_one_go() {
+        let mut text = String::from(r#"{"msgid":6,"toid":2,"msg":"a\ud800b\udc00c\ud83d\ude00","#);
+        for k in 0..2000 {
+            text.push_str(&format!(r#""n{k}":[1e400,-1E999,1e300,"\ud800"],"#));
+        }
+        text.push_str(r#""z":99999999999999999999}"#);
+        let r = Request::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(r.lossy);
+        assert_eq!(r.string("msg", 1, 10), Ok("a\u{fffd}b\u{fffd}c😀"));
+        assert_eq!(r.body.get("n1999"), Some(&serde_json::json!([null, null, 1e300, "\u{fffd}"])));
+        assert_eq!(r.body.get("z"), Some(&Value::from(1e20)));
+    }
+
+    #[test]
+    fn invalid_json_after_a_repair_fails_with_serde_jsons_text_for_the_repaired_frame() {
+        let cases = [
+            (r#"{"msgid":16,"a":1e400,"b":}"#, r#"{"msgid":16,"a":null,"b":}"#),
+            ("{\"a\":\"\\ud800\",\n\"b\":-1e400 \"c\":1}", "{\"a\":\"\\ufffd\",\n\"b\":null \"c\":1}"),
+            (r#"{"a":"\ud800","b":"\x"}"#, r#"{"a":"\ufffd","b":"\x"}"#),
+            (r#"{"a":1e400e5,"b":1e5e5}"#, r#"{"a":null,"b":1e5e5}"#),
+            (r#"{"a":"\ud800\u12"}"#, r#"{"a":"\ufffd\u12"}"#),
+        ];
+        for (text, repaired) in cases {
+            let theirs = serde_json::from_str::<Value>(repaired).err().map(|e| e.to_string());
+            let ours = match Request::parse(text.as_bytes()) {
+                Err(ParseError::NotJson(why)) => Some(why),
+                other => panic!("{text}: {other:?}"),
+            };
+            assert_eq!(ours, theirs, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_head_is_msgid_and_reqid_whatever_else_the_frame_holds() {
+        let text = r#"{"msgid":6,"toid":1e400,"msg":"\ud800","reqid":[1,"a"],"x":{"y":"z"}}"#;
+        let r = Request::parse_head(text.as_bytes()).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((r.msgid, r.reqid, r.lossy), (6, Some(serde_json::json!([1, "a"])), false));
+        assert!(!r.body.contains_key("toid") && !r.body.contains_key("msg"));
+        // A reqid that needs a repair is repaired, as in a full parse.
+        let r = Request::parse_head(br#"{"msgid":16,"reqid":1e400}"#).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((r.msgid, r.reqid, r.lossy), (16, Some(Value::Null), true));
+        assert!(matches!(
+            Request::parse_head(br#"{"msgid":99,"reqid":7,"x":1e400}"#),
+            Err(ParseError::NoRequest { reqid: Some(_), .. })
+        ));
+        assert!(matches!(Request::parse_head(br#"{"msgid":16,"x":[1,]}"#), Err(ParseError::NotJson(_))));
+        assert!(matches!(Request::parse_head(br#"[16]"#), Err(ParseError::NotJson(_))));
+    }
+
+    /// Number tokens near and far from f64's limits, valid or not.
+    fn any_number() -> impl Strategy<Value = String> {
+        let digits =
+            |n| proptest::collection::vec(0u8..10, n).prop_map(|d| d.iter().map(|d| (b'0' + d) as char).collect());
+        (
+            prop_oneof![Just(""), Just("-")],
+            prop_oneof![Just("0".to_owned()), "[1-9][0-9]{0,3}", digits(0..400)],
+            prop_oneof![Just(String::new()), digits(0..30).prop_map(|d: String| format!(".{d}"))],
+            prop_oneof![
+                Just(String::new()),
+                (prop_oneof![Just("e"), Just("E")], prop_oneof![Just(""), Just("+"), Just("-")], 290i64..320)
+                    .prop_map(|(e, s, n)| format!("{e}{s}{n}")),
+                (-1000i64..1000).prop_map(|n| format!("e{n}")),
+                Just("e99999999999999999999999".to_owned()),
+                Just("e".to_owned()),
+                Just("e5e5".to_owned()),
+            ],
+        )
+            .prop_map(|(sign, int, frac, exp)| format!("{sign}{int}{frac}{exp}"))
+    }
+
+    proptest! {
+        #[test]
+        fn numbers_beyond_f64_are_what_serde_json_says(token in any_number()) {
+            let serde = serde_json::from_str::<Value>(&token).err().map(|e| e.to_string());
+            let theirs = serde.is_some_and(|e| e.starts_with("number out of range"));
+            prop_assert_eq!(beyond_f64(token.as_bytes()), theirs, "{}", token);
+        }
+    }
+
+    #[test]
+    fn numbers_at_f64s_limits_are_what_serde_json_says() {
+        for token in [
+            "1.7976931348623157e308",
+            "1.7976931348623158e308",
+            "1.7976931348623159e308",
+            "-17976931348623159e292",
+            "179769313486231570000000000000000000000e270",
+            "0.0000000017976931348623159e317",
+            "9e307",
+            "1e309",
+            "10e308",
+            "0e999999",
+            "-0.0e400",
+            "1e-99999999999999999999",
+            "1e400e5",
+        ] {
+            let serde = serde_json::from_str::<Value>(token).err().map(|e| e.to_string());
+            let theirs = serde.is_some_and(|e| e.starts_with("number out of range"));
+            assert_eq!(beyond_f64(token.as_bytes()), theirs, "{token}");
+        }
+    }
+
+    /// A field value of each kind, as JSON text, and what a repaired parse reads.
+    fn any_token() -> impl Strategy<Value = (String, Value)> {
+        prop_oneof![
+            Just(("1e400".to_owned(), Value::Null)),
+            Just(("-12.5E+999".to_owned(), Value::Null)),
+            Just(("1e-999".to_owned(), Value::from(0.0))),
+            Just((format!("1{}", "0".repeat(400)), Value::Null)),
+            Just((format!("1{}", "0".repeat(300)), Value::from(1e300))),
+            any::<i64>().prop_map(|n| (n.to_string(), Value::from(n))),
+            Just((r#""\ud800""#.to_owned(), Value::from("\u{fffd}"))),
+            Just((r#""\udfff\ud83d\ude00\ud83d""#.to_owned(), Value::from("\u{fffd}😀\u{fffd}"))),
+            Just((r#""\\ud800 \"1e400\"""#.to_owned(), Value::from("\\ud800 \"1e400\""))),
+            "[a-z ]{0,8}".prop_map(|t| (format!("{t:?}"), Value::from(t))),
+        ]
+        .prop_flat_map(|leaf| {
+            let (text, value) = leaf.clone();
+            prop_oneof![
+                Just(leaf),
+                Just((format!("[{text},{text}]"), Value::Array(vec![value.clone(), value.clone()]))),
+                Just((format!(r#"{{"k":{text}}}"#), serde_json::json!({ "k": value }))),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn a_repaired_frame_reads_as_if_sent_repaired(
+            fields in proptest::collection::vec(("[a-d]", any_token()), 0..40)
+        ) {
+            let mut text = String::from(r#"{"msgid":16"#);
+            let mut expected: Vec<(String, Value)> = Vec::new();
+            for (key, (token, value)) in &fields {
+                text.push_str(&format!(r#","{key}":{token}"#));
+                match expected.iter_mut().find(|(k, _)| k == key) {
+                    Some(slot) => slot.1 = value.clone(),
+                    None => expected.push((key.clone(), value.clone())),
+                }
+            }
+            text.push('}');
+            let r = Request::parse(text.as_bytes());
+            prop_assert!(r.is_ok(), "{text}: {:?}", r.err());
+            let r = r.unwrap_or_else(|_| unreachable!());
+            let needs_repair = serde_json::from_str::<Value>(&text).is_err();
+            prop_assert_eq!(r.lossy, needs_repair);
+            for (key, value) in &expected {
+                prop_assert_eq!(r.body.get(key), Some(value), "{}", text);
+            }
+        }
     }
 }

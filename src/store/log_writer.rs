@@ -317,10 +317,6 @@ mod tests {
             leave_group(group: GroupId, user: UserId) -> Role;
             group_members(group: GroupId) -> Option<Vec<(UserId, Role)>>;
             user_groups(user: UserId) -> Vec<Group>;
-            push_offline(msgs: &[(UserId, String)]) -> ();
-            take_offline(user: UserId) -> Vec<String>;
-            peek_offline(user: UserId, limit: usize) -> Vec<(i64, String)>;
-            remove_offline(user: UserId, ids: &[i64]) -> ();
             inbox(user: UserId, after: Mid, limit: usize) -> Vec<Message>;
             settle(user: UserId, mids: &[Mid]) -> ();
             settle_many(settles: &[(UserId, Vec<Mid>)]) -> ();
@@ -346,7 +342,7 @@ mod tests {
             sender,
             sender_name: format!("u{sender}"),
             to: Conversation::Peer(to),
-            text: format!("{i}"),
+            text: format!("{i}").into(),
             time: "2026-05-01 12:00:00".into(),
             unix_time: 1_780_000_000,
             cmid: None,

@@ -5,6 +5,7 @@
 //! synchronous and may block; the chat layer calls them only from worker-pool threads,
 //! never from a reactor thread. Every query is parameterised.
 
+mod conn_pool;
 mod log_writer;
 mod mysql;
 mod schema;
@@ -71,7 +72,8 @@ pub struct NewMessage {
     /// The sender's name when it was sent (pushes and history show it).
     pub sender_name: String,
     pub to: Conversation,
-    pub text: String,
+    /// Shared, so the chat layer keeps it for the pushes without a copy.
+    pub text: Arc<str>,
     /// The server's stamp, `YYYY-MM-DD HH:MM:SS` (what pushes carry as `time`).
     pub time: String,
     /// Seconds since the Unix epoch when accepted (what `expire` compares).
@@ -211,19 +213,6 @@ pub trait Store: Send + Sync {
     /// The groups `user` is in, sorted by group id, each with all its members
     /// (a bounded number of queries, not one per group).
     fn user_groups(&self, user: UserId) -> Result<Vec<Group>>;
-
-    /// Appends messages to mailboxes, in the given order, in one transaction.
-    fn push_offline(&self, msgs: &[(UserId, String)]) -> Result<()>;
-    /// The chat layer pages with `peek_offline`/`remove_offline` under the user's
-    /// delivery lock; this atomic drain is kept for tools and the store tests.
-    /// Takes `user`'s whole mailbox, oldest first, deleting exactly the rows returned,
-    /// in one transaction: a message stored concurrently is either returned or kept.
-    fn take_offline(&self, user: UserId) -> Result<Vec<String>>;
-    /// Up to `limit` of `user`'s oldest mailbox rows as (row id, message), oldest
-    /// first. Nothing is removed: rows leave with `remove_offline` once handed over.
-    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>>;
-    /// Removes exactly these rows of `user`'s mailbox, in one transaction.
-    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()>;
 
     /// Appends messages to the log, in the given order, in one transaction (one commit:
     /// the group commit of many senders' messages). Each gets a new mid, larger than

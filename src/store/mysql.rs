@@ -5,20 +5,23 @@
 //! thread that builds the server, before any request is served.
 //!
 //! Layout:
-//! - A bounded pool of connections (the `mysql` crate's `Pool`): at most `pool_size`
-//!   (`--db-pool`, default workers + 2, so no worker waits for a connection), of which
-//!   one is opened at start and the rest on demand. A connection taken from the pool is
-//!   pinged first, so connections that died while the database was away are dropped and
-//!   replaced: after an outage the pool recovers by itself, without a restart.
+//! - A bounded pool of connections ([`ConnPool`]): at most `pool_size` (`--db-pool`,
+//!   default workers + 2, so no worker waits for a connection), of which one is opened
+//!   at start and the rest on demand. A connection taken from the pool is pinged first,
+//!   so connections that died while the database was away are dropped and replaced,
+//!   and one whose read or write failed is closed: after an outage the pool recovers
+//!   by itself, without a restart.
 //! - Nothing waits for long: connecting gives up after [`CONNECT_TIMEOUT`], a read or a
 //!   write after [`IO_TIMEOUT`], waiting for a free connection after [`CHECKOUT_TIMEOUT`],
-//!   and a row lock after 3 s ([`LOCK_WAIT`]). Every failure to reach the database is
+//!   and a row lock after 1 s ([`LOCK_WAIT`]). So a database that stops answering (hung,
+//!   stopped) costs a request 1.5 s; then, for a second at a time, requests fail at once
+//!   (`ConnPool`'s stall). Every failure to reach the database is
 //!   [`StoreError::Unavailable`] (errno 503); the server stays up.
 //! - Prepared statements only (`exec_*` with bound parameters); each connection keeps
 //!   its statements in a cache. SQL text is never built from data: the multi-row
 //!   statements of the message log repeat a constant placeholder group 1, 2, 4, ... or
-//!   [`MAX_ROWS`] times. The one exception to "prepared" is the schema at start:
-//!   constant DDL sent as text.
+//!   [`MAX_ROWS`] times. The exceptions to "prepared" are constant: the
+//!   schema at start (DDL), and START TRANSACTION, COMMIT and ROLLBACK, sent as text.
 //! - The message log: `append` is one transaction. Its messages go in as multi-row
 //!   INSERTs when InnoDB gives one statement's rows consecutive auto-increment values
 //!   (`innodb_autoinc_lock_mode` 0 or 1, read in the transaction with the step), else
@@ -29,14 +32,12 @@
 //!   collides: one row, whichever server wins. Inbox rows go in sorted, many per
 //!   statement. History forces `message_conv` (read backwards, no sort).
 //! - Statements that must agree run in one transaction (InnoDB): create/leave/delete
-//!   group (with its messages), joining, a batch of appends, stores or removals, an
-//!   expiry batch, and the mailbox drain. Isolation is
-//!   READ COMMITTED, so InnoDB takes no gap locks: storing mail never waits for a drain,
-//!   and concurrent drains and stores do not deadlock on each other's gaps. What a
-//!   transaction must keep still it locks explicitly (`FOR UPDATE`, `LOCK IN SHARE
-//!   MODE`), and the mailbox drain checks that it deleted exactly what it read.
-//! - A transaction that the server aborted (deadlock, lock timeout) or that lost a race
-//!   (the drain's check) is run again from the start, at most [`ATTEMPTS`] times.
+//!   group (with its messages), joining, a batch of appends or settles, an expiry
+//!   batch. Isolation is READ COMMITTED, so InnoDB takes no gap locks: appends never
+//!   wait for settles or expiry on each other's gaps. What a transaction must keep
+//!   still it locks explicitly (`FOR UPDATE`, `LOCK IN SHARE MODE`).
+//! - A transaction that the server aborted (deadlock, lock timeout) is run again from
+//!   the start, at most [`ATTEMPTS`] times.
 //! - One small function per query, below the `Store` impl's helpers.
 //!
 //! The schema is `sql/chat.sql`, compiled in and applied at every open (idempotent).
@@ -44,31 +45,31 @@
 use std::time::Duration;
 
 use mysql::prelude::Queryable;
-use mysql::{FromRowError, Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, PooledConn, Transaction, TxOpts};
+use mysql::{Conn, FromRowError, Opts, OptsBuilder};
 
+use super::conn_pool::{self, ConnPool};
 use super::{
     schema, Accepted, Conversation, Credentials, Group, GroupId, Member, Message, Mid, NewMessage, Result, Role, Store,
     StoreError, User, UserId,
 };
 
 /// How long opening a TCP connection to the database may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one read or write on a database connection may block.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one read or write on a database connection may block: what a database
+/// that stopped answering costs a request before its 503 (at most one such wait per
+/// request: see `ConnPool`).
+const IO_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long a caller waits for a free connection when all `pool_size` are in use.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a statement waits for a row lock, in seconds: 3, below [`IO_TIMEOUT`] so
+/// How long a statement waits for a row lock, in seconds: 1, below [`IO_TIMEOUT`] so
 /// that the server, not the socket, gives up first (the server's default is 50).
-const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 3";
+const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 1";
 /// Tries of a unit of work that the server aborted for a deadlock or a lock timeout,
 /// or that lost a race.
 const ATTEMPTS: u32 = 5;
 /// Prepared statements kept per connection: about 25 distinct queries, and the
 /// multi-row ones in up to 9 sizes each.
 const STATEMENT_CACHE: usize = 128;
-/// Connections opened when the pool is created: one, which proves the database is
-/// reachable; the rest are opened on demand (the crate's default opens ten at once).
-const POOL_MIN: usize = 1;
 
 /// Run on every new connection, before it is used. Constant text.
 const SESSION_INIT: &[&str] = &[
@@ -95,7 +96,7 @@ const EXPIRE_BATCH: usize = 1000;
 
 /// A [`Store`] on a MySQL or MariaDB database, shared by all worker threads.
 pub struct MysqlStore {
-    pool: Pool,
+    pool: ConnPool,
     /// `host:port/db` for messages: the URL without its credentials.
     target: String,
 }
@@ -106,10 +107,10 @@ impl MysqlStore {
     /// cannot be reached; it does not wait for it to come up.
     pub fn open(url: &str, pool_size: usize) -> Result<MysqlStore> {
         let target = redact(url);
-        let opts = pool_options(url, pool_size)
+        let opts = conn_options(url)
             .map_err(|why| StoreError::Unavailable(format!("database URL mysql://{target}: {why}")))?;
-        let pool =
-            Pool::new(opts).map_err(|e| StoreError::Unavailable(format!("cannot connect to mysql://{target}: {e}")))?;
+        let pool = ConnPool::new(opts, pool_size, CHECKOUT_TIMEOUT)
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to mysql://{target}: {e}")))?;
         let store = MysqlStore { pool, target };
         store.apply_schema()?;
         log::info!("mysql: using mysql://{} (pool of {pool_size})", store.target);
@@ -146,18 +147,13 @@ impl MysqlStore {
         })
     }
 
-    /// A connection for the caller's exclusive use; it goes back to the pool on drop.
-    fn conn(&self) -> std::result::Result<PooledConn, Failure> {
-        self.pool.try_get_conn(CHECKOUT_TIMEOUT).map_err(Failure::Sql)
-    }
-
     /// Runs `work` on a pooled connection, again from the start (on a connection from
     /// the pool again) when the server aborted it for a deadlock or a lock timeout.
-    fn attempt<T>(&self, mut work: impl FnMut(&mut PooledConn) -> Q<T>) -> Result<T> {
+    fn attempt<T>(&self, mut work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.conn().and_then(|mut conn| work(&mut conn)) {
+            match self.pool.run(&mut work, Failure::sql) {
                 Ok(out) => return Ok(out),
                 Err(failure) if failure.is_transient() && tries < ATTEMPTS => {
                     log::debug!("mysql: retrying after {failure}");
@@ -169,18 +165,23 @@ impl MysqlStore {
     }
 
     /// Runs one statement in autocommit mode: single reads and single-row writes.
-    fn single<T>(&self, work: impl FnMut(&mut PooledConn) -> Q<T>) -> Result<T> {
+    fn single<T>(&self, work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         self.attempt(work)
     }
 
-    /// Runs `work` in one transaction; commits when it succeeds. When it fails, the
-    /// transaction is rolled back (when it is dropped) and nothing of it remains.
-    fn transaction<T>(&self, mut work: impl FnMut(&mut Transaction<'_>) -> Q<T>) -> Result<T> {
+    /// Runs `work` in one transaction; commits when it succeeds. When it fails, nothing
+    /// of it remains: it is rolled back, by ROLLBACK, or when the connection broke (it
+    /// is closed then) by the server, which rolls back what a closed connection left.
+    /// (The crate's `Transaction` sends ROLLBACK whatever happened, so a read that timed
+    /// out would be followed by another wait as long.)
+    fn transaction<T>(&self, mut work: impl FnMut(&mut Conn) -> Q<T>) -> Result<T> {
         self.attempt(|conn| {
-            let mut tx = conn.start_transaction(TxOpts::default())?;
-            let out = work(&mut tx)?;
-            tx.commit()?;
-            Ok(out)
+            conn.query_drop("START TRANSACTION")?;
+            let out = work(conn).and_then(|out| Ok(conn.query_drop("COMMIT").map(|()| out)?));
+            if out.as_ref().is_err_and(|failure| !failure.sql().is_some_and(conn_pool::is_broken)) {
+                conn.query_drop("ROLLBACK")?;
+            }
+            out
         })
     }
 }
@@ -192,20 +193,11 @@ fn backoff(tries: u32) -> Duration {
     Duration::from_micros(u64::from(tries) * 5_000 + u64::from(jitter % 10_000))
 }
 
-/// The pool's options: the URL's, with the limits and settings this backend relies on.
-fn pool_options(url: &str, pool_size: usize) -> std::result::Result<Opts, String> {
+/// The connections' options: the URL's, with the limits and settings this backend
+/// relies on. (Connections given back to the pool are not reset: every transaction
+/// here ends in COMMIT or ROLLBACK and no session state changes after SESSION_INIT.)
+fn conn_options(url: &str) -> std::result::Result<Opts, String> {
     let parsed = Opts::from_url(url).map_err(|e| e.to_string())?;
-    let constraints =
-        PoolConstraints::new(POOL_MIN, pool_size.max(POOL_MIN)).ok_or_else(|| format!("bad pool size {pool_size}"))?;
-    let pool = PoolOpts::default()
-        .with_constraints(constraints)
-        // The default resets every connection given back, which also drops its
-        // statement cache. Every transaction here ends in COMMIT or ROLLBACK and no
-        // session state is changed after SESSION_INIT, so there is nothing to reset.
-        .with_reset_connection(false)
-        // Ping a pooled connection before handing it out: connections that died in an
-        // outage are replaced instead of failing the request after the database is back.
-        .with_check_health(true);
     let opts = OptsBuilder::from_opts(parsed)
         // The crate's default switches a loopback TCP URL to the server's unix socket,
         // silently: the URL says TCP, so TCP it is.
@@ -215,8 +207,7 @@ fn pool_options(url: &str, pool_size: usize) -> std::result::Result<Opts, String
         .write_timeout(Some(IO_TIMEOUT))
         .tcp_nodelay(true)
         .stmt_cache_size(STATEMENT_CACHE)
-        .init(SESSION_INIT.to_vec())
-        .pool_opts(pool);
+        .init(SESSION_INIT.to_vec());
     Ok(opts.into())
 }
 
@@ -236,13 +227,11 @@ fn redact(url: &str) -> String {
 // ---------------------------------------------------------------------------------
 // Errors.
 
-/// Why a unit of work failed: the database, the store's own verdict (`NotFound`), or
-/// a race that running it again resolves.
+/// Why a unit of work failed: the database, or the store's own verdict (`NotFound`).
 #[derive(Debug)]
 enum Failure {
     Sql(mysql::Error),
     Store(StoreError),
-    Raced(String),
 }
 
 type Q<T> = std::result::Result<T, Failure>;
@@ -270,17 +259,23 @@ impl std::fmt::Display for Failure {
         match self {
             Failure::Sql(err) => write!(f, "{err}"),
             Failure::Store(err) => write!(f, "{err}"),
-            Failure::Raced(why) => write!(f, "lost a race: {why}"),
         }
     }
 }
 
 impl Failure {
+    /// The database's error, if that is what it is.
+    fn sql(&self) -> Option<&mysql::Error> {
+        match self {
+            Failure::Sql(e) => Some(e),
+            _ => None,
+        }
+    }
+
     /// The work was rolled back and may simply be run again.
     fn is_transient(&self) -> bool {
         match self {
             Failure::Sql(mysql::Error::MySqlError(e)) => matches!(e.code, ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT),
-            Failure::Raced(_) => true,
             _ => false,
         }
     }
@@ -290,10 +285,6 @@ impl Failure {
     fn into_store(self) -> StoreError {
         match self {
             Failure::Store(err) => err,
-            Failure::Raced(why) => {
-                log::warn!("mysql: still losing after {ATTEMPTS} tries: {why}");
-                StoreError::Unavailable(why)
-            }
             Failure::Sql(mysql::Error::MySqlError(e)) if e.code == ER_DUP_ENTRY => StoreError::Conflict,
             Failure::Sql(err) => {
                 log::warn!("mysql: {err}");
@@ -340,7 +331,6 @@ fn check_columns(c: &mut impl Queryable) -> Q<()> {
         "SELECT userid, friendid FROM friend WHERE 1 = 0",
         "SELECT id, groupname, groupdesc FROM allgroup WHERE 1 = 0",
         "SELECT groupid, userid, grouprole FROM groupuser WHERE 1 = 0",
-        "SELECT id, userid, message FROM offlinemessage WHERE 1 = 0",
         "SELECT mid, sender, sendername, convlo, convhi, msg, time, unixtime, cmid FROM message WHERE 1 = 0",
         "SELECT userid, mid FROM inbox WHERE 1 = 0",
     ];
@@ -505,47 +495,6 @@ fn select_user_groups(c: &mut impl Queryable, user: UserId) -> Q<Vec<Group>> {
     Ok(groups)
 }
 
-fn insert_offline(c: &mut impl Queryable, msgs: &[(UserId, String)]) -> Q<()> {
-    c.exec_batch(
-        "INSERT INTO offlinemessage (userid, message) VALUES (?, ?)",
-        msgs.iter().map(|(u, m)| (*u, m.as_str())),
-    )?;
-    Ok(())
-}
-
-/// `user`'s mailbox, oldest first, every row locked until the transaction ends: nobody
-/// else can take or remove them meanwhile. (Rows stored meanwhile are not locked out.)
-fn select_offline_for_update(c: &mut impl Queryable, user: UserId) -> Q<Vec<(i64, String)>> {
-    let rows = c.exec_opt::<(i64, String), _, _>(
-        "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id FOR UPDATE",
-        (user,),
-    )?;
-    decoded(rows)
-}
-
-/// Up to `limit` of `user`'s oldest messages as (row id, message), without locks.
-fn select_offline_page(c: &mut impl Queryable, user: UserId, limit: usize) -> Q<Vec<(i64, String)>> {
-    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    let rows = c.exec_opt::<(i64, String), _, _>(
-        "SELECT id, message FROM offlinemessage WHERE userid = ? ORDER BY id LIMIT ?",
-        (user, limit),
-    )?;
-    decoded(rows)
-}
-
-/// Deletes these rows of `user`'s mailbox (the caller sorted them, so concurrent
-/// removals lock rows in one order).
-fn delete_offline_rows(c: &mut impl Queryable, user: UserId, ids: &[i64]) -> Q<()> {
-    c.exec_batch("DELETE FROM offlinemessage WHERE userid = ? AND id = ?", ids.iter().map(|&id| (user, id)))?;
-    Ok(())
-}
-
-/// Deletes `user`'s messages up to id `max`; returns how many.
-fn delete_offline_upto(c: &mut impl Queryable, user: UserId, max: i64) -> Q<u64> {
-    let result = c.exec_iter("DELETE FROM offlinemessage WHERE userid = ? AND id <= ?", (user, max))?;
-    Ok(result.affected_rows())
-}
-
 /// Rows one multi-row statement carries at most: a batch is cut into chunks of
 /// 256, 128, ..., 1 rows, so a handful of distinct statements (each prepared once per
 /// connection) serve every batch size.
@@ -604,7 +553,7 @@ fn message_values(m: &NewMessage) -> Q<Vec<mysql::Value>> {
         m.sender_name.as_str().into(),
         lo.into(),
         hi.into(),
-        m.text.as_str().into(),
+        (&*m.text).into(),
         m.time.as_str().into(),
         m.unix_time.into(),
         m.cmid.as_deref().into(),
@@ -907,49 +856,6 @@ impl Store for MysqlStore {
         self.single(|c| select_user_groups(c, user))
     }
 
-    fn push_offline(&self, msgs: &[(UserId, String)]) -> Result<()> {
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        self.transaction(|tx| insert_offline(tx, msgs))
-    }
-
-    fn take_offline(&self, user: UserId) -> Result<Vec<String>> {
-        self.transaction(|tx| {
-            let rows = select_offline_for_update(tx, user)?;
-            let Some(&(max, _)) = rows.last() else {
-                return Ok(Vec::new());
-            };
-            // Every row read is locked and has an id <= max, so all of them are
-            // deleted. A row with a smaller id that was not read (an insert that got
-            // its id first but reached the index after the SELECT) would be deleted
-            // too: then the count is off, and the whole drain is rolled back and run
-            // again, rather than losing that message.
-            let deleted = delete_offline_upto(tx, user, max)?;
-            if usize::try_from(deleted).ok() != Some(rows.len()) {
-                return Err(Failure::Raced(format!(
-                    "offline mailbox of {user}: read {} rows, deleted {deleted}",
-                    rows.len()
-                )));
-            }
-            Ok(rows.into_iter().map(|(_, msg)| msg).collect())
-        })
-    }
-
-    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
-        self.single(|c| select_offline_page(c, user, limit))
-    }
-
-    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let mut ids = ids.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        self.transaction(|tx| delete_offline_rows(tx, user, &ids))
-    }
-
     fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
         if msgs.is_empty() {
             return Ok(Vec::new());
@@ -1027,7 +933,7 @@ mod tests {
                 rest.split_whitespace().next().unwrap_or_default()
             })
             .collect();
-        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "offlinemessage", "message", "inbox"]);
+        assert_eq!(tables, ["user", "friend", "allgroup", "groupuser", "message", "inbox"]);
         for s in &statements {
             assert!(!s.contains("--"), "comment left in {s}");
             assert!(s.contains("utf8mb4"), "not utf8mb4: {s}");
@@ -1063,7 +969,7 @@ mod tests {
 
     #[test]
     fn options_keep_the_url_and_override_the_defaults() {
-        let opts = pool_options("mysql://u:p@127.0.0.1:3307/chat?prefer_socket=true", 7).expect("options");
+        let opts = conn_options("mysql://u:p@127.0.0.1:3307/chat?prefer_socket=true").expect("options");
         assert_eq!(opts.get_tcp_port(), 3307);
         assert_eq!(opts.get_user(), Some("u"));
         assert_eq!(opts.get_pass(), Some("p"));
@@ -1073,11 +979,7 @@ mod tests {
         assert_eq!(opts.get_read_timeout(), Some(&IO_TIMEOUT));
         assert_eq!(opts.get_write_timeout(), Some(&IO_TIMEOUT));
         assert_eq!(opts.get_stmt_cache_size(), STATEMENT_CACHE);
-        let pool = opts.get_pool_opts();
-        assert_eq!((pool.constraints().min(), pool.constraints().max()), (POOL_MIN, 7));
-        assert!(!pool.reset_connection());
-        assert!(pool.check_health());
-        assert!(pool_options("postgres://x/y", 4).is_err());
+        assert!(conn_options("postgres://x/y").is_err());
     }
 
     #[test]
@@ -1085,6 +987,12 @@ mod tests {
         assert!(SESSION_INIT.contains(&LOCK_WAIT));
         let secs: u64 = LOCK_WAIT.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("seconds");
         assert!(Duration::from_secs(secs) < IO_TIMEOUT);
+    }
+
+    #[test]
+    fn a_database_that_does_not_answer_costs_a_request_less_than_two_seconds() {
+        // A request waits for one of them at most: connecting, or one read or write.
+        assert!(CONNECT_TIMEOUT.max(IO_TIMEOUT) < Duration::from_secs(2));
     }
 
     #[test]
@@ -1100,9 +1008,6 @@ mod tests {
         assert!(matches!(sql(1146).into_store(), StoreError::Unavailable(_)));
         assert!(sql(ER_LOCK_DEADLOCK).is_transient() && sql(ER_LOCK_WAIT_TIMEOUT).is_transient());
         assert!(!sql(ER_DUP_ENTRY).is_transient());
-        let raced = Failure::Raced("r".into());
-        assert!(raced.is_transient());
-        assert!(matches!(raced.into_store(), StoreError::Unavailable(_)));
         let io = Failure::Sql(mysql::Error::IoError(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)));
         assert!(!io.is_transient());
         assert!(matches!(io.into_store(), StoreError::Unavailable(_)));

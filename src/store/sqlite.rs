@@ -402,35 +402,6 @@ fn select_user_groups_members(conn: &Connection, user: UserId) -> Result<Vec<(Gr
     Ok(members)
 }
 
-fn insert_offline(conn: &Connection, user: UserId, message: &str) -> Result<()> {
-    conn.prepare_cached("INSERT INTO offlinemessage (userid, message) VALUES (?1, ?2)")?
-        .execute(params![user, message])?;
-    Ok(())
-}
-
-fn select_offline(conn: &Connection, user: UserId) -> Result<Vec<(i64, String)>> {
-    let mut stmt = conn.prepare_cached("SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id")?;
-    let rows = stmt.query_map(params![user], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn select_offline_page(conn: &Connection, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut stmt =
-        conn.prepare_cached("SELECT id, message FROM offlinemessage WHERE userid = ?1 ORDER BY id LIMIT ?2")?;
-    let rows = stmt.query_map(params![user, limit], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn delete_offline_row(conn: &Connection, user: UserId, id: i64) -> Result<usize> {
-    Ok(conn.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id = ?2")?.execute(params![user, id])?)
-}
-
-/// Deletes `user`'s messages up to id `max`; returns how many.
-fn delete_offline_upto(conn: &Connection, user: UserId, max: i64) -> Result<usize> {
-    Ok(conn.prepare_cached("DELETE FROM offlinemessage WHERE userid = ?1 AND id <= ?2")?.execute(params![user, max])?)
-}
-
 /// A [`Message`] from the columns mid, sender, sendername, convlo, convhi, msg, time.
 fn message_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let sender = row.get(1)?;
@@ -457,7 +428,7 @@ fn insert_messages(conn: &Connection, msgs: &[NewMessage]) -> Result<Vec<Accepte
     let mut accepted = Vec::with_capacity(msgs.len());
     for m in msgs {
         let (lo, hi) = m.to.key(m.sender).ok_or(StoreError::NotFound)?;
-        let added = insert.execute(params![m.sender, m.sender_name, lo, hi, m.text, m.time, m.unix_time, m.cmid])?;
+        let added = insert.execute(params![m.sender, m.sender_name, lo, hi, &*m.text, m.time, m.unix_time, m.cmid])?;
         if added == 0 {
             // Only the (sender, cmid) key can conflict: the mid is new.
             let (mid, time) = select_by_cmid(conn, m.sender, m.cmid.as_deref())?;
@@ -658,41 +629,6 @@ impl Store for SqliteStore {
         })
     }
 
-    fn push_offline(&self, msgs: &[(UserId, String)]) -> Result<()> {
-        if msgs.is_empty() {
-            return Ok(());
-        }
-        self.write(|tx| msgs.iter().try_for_each(|(user, msg)| insert_offline(tx, *user, msg)))
-    }
-
-    fn take_offline(&self, user: UserId) -> Result<Vec<String>> {
-        // Immediate: no other writer can insert or delete between the SELECT and the
-        // DELETE, so `id <= max` deletes exactly the rows selected.
-        self.write(|tx| {
-            let rows = select_offline(tx, user)?;
-            let Some(&(max, _)) = rows.last() else {
-                return Ok(Vec::new());
-            };
-            let deleted = delete_offline_upto(tx, user, max)?;
-            if deleted != rows.len() {
-                // Cannot happen under the write lock; refuse rather than lose mail.
-                return Err(StoreError::Unavailable(format!(
-                    "offline mailbox of {user}: selected {} rows, deleted {deleted}",
-                    rows.len()
-                )));
-            }
-            Ok(rows.into_iter().map(|(_, msg)| msg).collect())
-        })
-    }
-
-    fn peek_offline(&self, user: UserId, limit: usize) -> Result<Vec<(i64, String)>> {
-        self.read(|c| select_offline_page(c, user, limit))
-    }
-
-    fn remove_offline(&self, user: UserId, ids: &[i64]) -> Result<()> {
-        self.write(|tx| ids.iter().try_for_each(|id| delete_offline_row(tx, user, *id).map(drop)))
-    }
-
     fn append(&self, msgs: &[NewMessage]) -> Result<Vec<Accepted>> {
         if msgs.is_empty() {
             return Ok(Vec::new());
@@ -771,10 +707,7 @@ mod tests {
     fn schema_has_the_seed_tables_and_wal() {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&db(&dir)).unwrap();
-        assert_eq!(
-            table_names(&store),
-            ["allgroup", "friend", "groupuser", "inbox", "message", "offlinemessage", "user"]
-        );
+        assert_eq!(table_names(&store), ["allgroup", "friend", "groupuser", "inbox", "message", "user"]);
         let mode: String = store.conn().query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
         assert_eq!(mode.to_ascii_lowercase(), "wal");
         assert_eq!(store.readers.len(), POOL_SIZE);
@@ -789,12 +722,26 @@ mod tests {
         rows.collect::<rusqlite::Result<_>>().unwrap()
     }
 
+    /// Appends `text` from `u` to their own notes, owed to `u`.
+    fn owe(s: &SqliteStore, u: UserId, text: &str) {
+        let mut m = message(u, Conversation::Peer(u), 0);
+        (m.text, m.cmid, m.recipients) = (text.into(), None, vec![u]);
+        s.append(&[m]).unwrap();
+    }
+
+    /// The texts of `u`'s inbox, settled.
+    fn take(s: &SqliteStore, u: UserId) -> Vec<String> {
+        let page = s.inbox(u, 0, 1000).unwrap();
+        s.settle(u, &page.iter().map(|m| m.mid).collect::<Vec<_>>()).unwrap();
+        page.into_iter().map(|m| m.text).collect()
+    }
+
     fn message(sender: UserId, to: Conversation, i: usize) -> NewMessage {
         NewMessage {
             sender,
             sender_name: format!("u{sender}"),
             to,
-            text: format!("m{i}"),
+            text: format!("m{i}").into(),
             time: "2026-01-01 00:00:00".into(),
             unix_time: i64::try_from(i).unwrap(),
             cmid: Some(format!("c{i}")),
@@ -886,7 +833,8 @@ mod tests {
             s.add_friend(alice, bob).unwrap();
             let group = s.create_group(alice, "g", "desc").unwrap();
             s.join_group(group, bob).unwrap();
-            s.push_offline(&[(alice, "one".into()), (alice, "two".into())]).unwrap();
+            owe(&s, alice, "one");
+            owe(&s, alice, "two");
             (alice, bob, group)
         };
         let s = SqliteStore::open(&db(&dir)).unwrap();
@@ -896,11 +844,12 @@ mod tests {
         );
         assert_eq!(s.friends(alice).unwrap(), [User { id: bob, name: "bob".into(), online: true }]);
         assert_eq!(s.group_members(group).unwrap(), Some(vec![(alice, Role::Creator), (bob, Role::Normal)]));
-        assert_eq!(s.take_offline(alice).unwrap(), ["one", "two"]);
+        assert_eq!(take(&s, alice), ["one", "two"]);
         s.set_all_offline().unwrap();
         drop(s);
         let s = SqliteStore::open(&db(&dir)).unwrap();
-        assert!(s.take_offline(alice).unwrap().is_empty());
+        assert!(take(&s, alice).is_empty());
+        assert_eq!(s.history(alice, Conversation::Peer(alice), None, 10).unwrap().0.len(), 2);
         assert!(!s.friends(alice).unwrap()[0].online);
     }
 
@@ -920,8 +869,8 @@ mod tests {
         let s = SqliteStore::open(":memory:").unwrap();
         assert_eq!(all_conns(&s).count(), 1);
         let u = s.create_user("u", "h").unwrap();
-        s.push_offline(&[(u, "m".into())]).unwrap();
-        assert_eq!(s.take_offline(u).unwrap(), ["m"]);
+        owe(&s, u, "m");
+        assert_eq!(take(&s, u), ["m"]);
     }
 
     #[test]
@@ -929,8 +878,8 @@ mod tests {
         let s = SqliteStore::open(":memory:").unwrap();
         let u = s.create_user("a\0b", "h\0").unwrap();
         assert_eq!(s.credentials(u).unwrap().unwrap().name, "a\0b");
-        s.push_offline(&[(u, "x\0y\0".into())]).unwrap();
-        assert_eq!(s.take_offline(u).unwrap(), ["x\0y\0"]);
+        owe(&s, u, "x\0y\0");
+        assert_eq!(take(&s, u), ["x\0y\0"]);
     }
 
     #[test]
@@ -975,8 +924,8 @@ mod tests {
         }
         // Every connection is poisoned and was left inside a transaction.
         for _ in 0..2 * n {
-            s.push_offline(&[(u, "m".into())]).unwrap();
-            assert_eq!(s.take_offline(u).unwrap(), ["m"]);
+            owe(&s, u, "m");
+            assert_eq!(take(&s, u), ["m"]);
         }
     }
 

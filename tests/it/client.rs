@@ -12,6 +12,9 @@ use serde_json::json;
 
 use crate::support::{bin, unique, Client, Server, User, WAIT};
 
+mod tty;
+mod v2;
+
 /// A running `ChatClient` with piped stdio; stdout and stderr are collected by threads.
 struct ChatClient {
     child: Child,

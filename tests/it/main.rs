@@ -6,6 +6,7 @@ mod support;
 mod bus;
 mod client;
 mod cluster;
+mod cost;
 mod framing;
 mod hardening;
 mod lifecycle;

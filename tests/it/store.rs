@@ -10,7 +10,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chat::store::{
     Accepted, Conversation, Credentials, Group, Member, Message, Mid, NewMessage, Role, Store, StoreError, User, UserId,
@@ -48,11 +48,8 @@ pub fn run_all(fresh_db: &dyn Fn() -> String) {
         ("group_ids_are_not_reused", group_ids_are_not_reused),
         ("user_groups_sorted_with_all_members", user_groups_sorted_with_all_members),
         ("user_groups_empty", user_groups_empty),
-        ("mailbox_order_and_exactness", mailbox_order_and_exactness),
-        ("mailbox_empty", mailbox_empty),
         ("strings_round_trip_byte_for_byte", strings_round_trip_byte_for_byte),
         ("concurrent_create_user_one_wins", concurrent_create_user_one_wins),
-        ("concurrent_take_offline_is_exact", concurrent_take_offline_is_exact),
         ("append_gives_increasing_mids_in_slice_order", append_gives_increasing_mids_in_slice_order),
         ("cmid_repeats_return_the_first_and_write_nothing", cmid_repeats_return_the_first_and_write_nothing),
         ("inbox_by_user_after_and_limit", inbox_by_user_after_and_limit),
@@ -447,43 +444,11 @@ fn user_groups_empty(s: &dyn Store) {
 }
 
 // ---------------------------------------------------------------------------------
-// Mailbox.
-
-fn mailbox_order_and_exactness(s: &dyn Store) {
-    let a = user(s, "alice");
-    let b = user(s, "bob");
-    s.push_offline(&[(a, "a1".into()), (b, "b1".into()), (a, "a2".into())]).unwrap();
-    s.push_offline(&[]).unwrap();
-    s.push_offline(&[(a, "a3".into())]).unwrap();
-    // Same text twice is two messages.
-    s.push_offline(&[(b, "b2".into()), (b, "b2".into())]).unwrap();
-    assert_eq!(s.take_offline(a).unwrap(), ["a1", "a2", "a3"]);
-    assert_eq!(s.take_offline(a).unwrap(), Vec::<String>::new());
-    // Taking a's mail left b's alone.
-    s.push_offline(&[(a, "a4".into())]).unwrap();
-    assert_eq!(s.take_offline(b).unwrap(), ["b1", "b2", "b2"]);
-    assert_eq!(s.take_offline(b).unwrap(), Vec::<String>::new());
-    assert_eq!(s.take_offline(a).unwrap(), ["a4"]);
-
-    // A large batch keeps its order.
-    let many: Vec<(UserId, String)> = (0..500).map(|i| (a, format!("m{i}"))).collect();
-    s.push_offline(&many).unwrap();
-    let expected: Vec<String> = many.into_iter().map(|(_, m)| m).collect();
-    assert_eq!(s.take_offline(a).unwrap(), expected);
-}
-
-fn mailbox_empty(s: &dyn Store) {
-    assert_eq!(s.take_offline(1).unwrap(), Vec::<String>::new());
-    let a = user(s, "alice");
-    assert_eq!(s.take_offline(a).unwrap(), Vec::<String>::new());
-}
-
-// ---------------------------------------------------------------------------------
 // Strings.
 
 const NASTY: &[&str] = &[
     "'; DROP TABLE user; --",
-    "\"; DROP TABLE offlinemessage; --",
+    "\"; DROP TABLE message; --",
     "Robert'); DELETE FROM allgroup WHERE ('1'='1",
     "' OR '1'='1",
     "back\\slash \\' \\\" \\\\ \\n",
@@ -528,15 +493,6 @@ fn strings_round_trip_byte_for_byte(s: &dyn Store) {
         assert_eq!(groups[0].members[1].user.name, "viewer");
     }
 
-    let long = "🦀'\\\"".repeat(2000);
-    let mut msgs: Vec<(UserId, String)> = NASTY.iter().map(|t| (viewer, (*t).to_owned())).collect();
-    msgs.push((viewer, String::new()));
-    msgs.push((viewer, long));
-    msgs.push((viewer, r#"{"msgid":5,"from":"a'b","msg":"\"hi\" 🦀"}"#.to_owned()));
-    s.push_offline(&msgs).unwrap();
-    let expected: Vec<String> = msgs.into_iter().map(|(_, m)| m).collect();
-    assert_eq!(s.take_offline(viewer).unwrap(), expected);
-
     // The tables survived the SQL fragments.
     assert!(s.user_exists(viewer).unwrap());
     assert_eq!(s.friends(viewer).unwrap().len(), NASTY.len());
@@ -556,50 +512,6 @@ fn concurrent_create_user_one_wins(s: &dyn Store) {
     assert_eq!(s.credentials(winners[0]).unwrap().unwrap().name, "contested");
 }
 
-/// One thread pushes while two take: each message is returned exactly once and
-/// every taker sees its share in push order; another user's mail, pushed in the same
-/// batches, is not taken.
-fn concurrent_take_offline_is_exact(s: &dyn Store) {
-    const TOTAL: usize = 600;
-    let a = user(s, "alice");
-    let b = user(s, "bob");
-    let done = AtomicBool::new(false);
-    let taken: Vec<Vec<String>> = std::thread::scope(|scope| {
-        let done = &done;
-        let takers: Vec<_> = (0..2)
-            .map(|_| {
-                scope.spawn(move || {
-                    let mut got = Vec::new();
-                    loop {
-                        let finished = done.load(Ordering::SeqCst);
-                        got.extend(s.take_offline(a).unwrap());
-                        if finished {
-                            return got;
-                        }
-                    }
-                })
-            })
-            .collect();
-        for chunk in (0..TOTAL).collect::<Vec<_>>().chunks(3) {
-            let batch: Vec<(UserId, String)> =
-                chunk.iter().flat_map(|i| [(a, format!("m{i:04}")), (b, format!("other {i}"))]).collect();
-            s.push_offline(&batch).unwrap();
-        }
-        done.store(true, Ordering::SeqCst);
-        takers.into_iter().map(|t| t.join().unwrap()).collect()
-    });
-    let mut seen = HashSet::new();
-    for got in &taken {
-        assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order");
-        for m in got {
-            assert!(seen.insert(m.clone()), "{m} returned twice");
-        }
-    }
-    assert_eq!(seen.len(), TOTAL, "messages lost");
-    assert_eq!(s.take_offline(a).unwrap(), Vec::<String>::new());
-    assert_eq!(s.take_offline(b).unwrap().len(), TOTAL, "another user's mail was taken");
-}
-
 // ---------------------------------------------------------------------------------
 // The message log.
 
@@ -609,7 +521,7 @@ fn msg(sender: UserId, to: Conversation, text: &str, recipients: &[UserId]) -> N
         sender,
         sender_name: format!("name-{sender}"),
         to,
-        text: text.to_owned(),
+        text: text.into(),
         time: "2026-05-01 12:00:00".to_owned(),
         unix_time: 1_780_000_000,
         cmid: None,

@@ -371,6 +371,11 @@ impl MariaDb {
         self.url(&name)
     }
 
+    /// The PID of mariadbd while it runs (e.g. to SIGSTOP it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Child::id)
+    }
+
     /// SIGTERM, waits for the exit (SIGKILL after a bound). The data stays.
     pub fn stop(&self) {
         if let Some(mut child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
