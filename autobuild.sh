@@ -119,21 +119,23 @@ run_tests() {
     # The suite opens a thousand sockets per side in one test.
     ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
     # Release profile: the same build as ./bin, so CI compiles the dependencies once.
-    cargo test --release --locked --all-targets
-    cargo test --release --locked --doc
+    # `test-hooks` (off in ./bin) lets tests make the server panic on purpose; every run
+    # below has it, so the ChatServer under test is the same build each time.
+    cargo test --release --locked --features test-hooks --all-targets
+    cargo test --release --locked --features test-hooks --doc
     # The integration suite again with every server on MySQL (a fresh database each, on
     # the suite's private MariaDB). Skipped: what already ran against both backends
     # (store::, both store suites), against MariaDB directly (mysql::), and the
     # harness's own tests (support::).
-    CHAT_TEST_STORE=mysql cargo test --release --locked --test it -- --skip store:: --skip mysql:: --skip support:: --skip cluster::
+    CHAT_TEST_STORE=mysql cargo test --release --locked --features test-hooks --test it -- --skip store:: --skip mysql:: --skip support:: --skip cluster::
     # The protocol suite across a two-node cluster (MariaDB + Redis; clients alternate
     # between the nodes, so conversations cross servers), then with every client
     # going through nginx's stream module in front of the nodes.
     # (The kill tests start their own single server or cluster: not again here.)
-    CHAT_TEST_TOPOLOGY=cluster cargo test --release --locked --test it -- protocol:: framing:: messages:: \
-        --skip messages::nothing_acknowledged
-    CHAT_TEST_TOPOLOGY=nginx cargo test --release --locked --test it -- protocol:: framing:: client:: messages:: \
-        --skip messages::nothing_acknowledged
+    CHAT_TEST_TOPOLOGY=cluster cargo test --release --locked --features test-hooks --test it -- \
+        protocol:: framing:: messages:: --skip messages::nothing_acknowledged
+    CHAT_TEST_TOPOLOGY=nginx cargo test --release --locked --features test-hooks --test it -- \
+        protocol:: framing:: client:: messages:: --skip messages::nothing_acknowledged
 }
 
 case "${1:-build}" in

@@ -10,6 +10,8 @@
 //!   MySQL (MariaDB) database.
 //! - [`bus`]: how servers reach each other's users; in-process when alone.
 //! - [`ring`]: the consistent-hash ring, and the interpreter of `ConsistentHash`.
+//! - [`queue`]: the bounded FIFO that feeds loops and workers (backpressure).
+//! - [`panic_guard`]: a panic fails one request or one connection, not its thread.
 //! - [`chat`]: the service, where the others meet; [`run`] is what `ChatServer` calls.
 //! - [`client`]: the terminal client behind `ChatClient`.
 //! - `src/bin/`: thin binaries that parse arguments and call the library.
@@ -18,7 +20,9 @@ pub mod bus;
 pub mod chat;
 pub mod client;
 pub mod net;
+pub mod panic_guard;
 pub mod proto;
+pub mod queue;
 pub mod ring;
 pub mod store;
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::conn_state::{send_frame, send_tracked};
+use super::conn_state::{answered, send_frame, send_tracked};
 use super::delivery::flush_pending;
 use super::dispatch::{fields, user_json, Outcome};
 use super::hub::{unavailable, Hub};
@@ -107,7 +107,7 @@ pub fn login(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -> R
     let body = reply(msg::LOGIN_ACK, msg::LOGIN, req.reqid.as_ref(), Ok(ack));
     let (registry, name) = (Arc::clone(&hub.registry), Arc::from(creds.name.as_str()));
     let handed = hub.run_on_conn(conn, move |c| {
-        c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+        answered(c);
         c.ctx.user = Some(id);
         c.ctx.v2 = v2;
         c.ctx.name = name;
@@ -137,7 +137,7 @@ pub fn loginout(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -
     let body = reply(msg::ACK, msg::LOGINOUT, req.reqid.as_ref(), Ok(Default::default()));
     hub.loops.run(conn, move |c| {
         if let Some(c) = c {
-            c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+            answered(c);
             let written = c.written();
             c.ctx.end_session(written);
             send_frame(c, &body);

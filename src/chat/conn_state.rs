@@ -2,15 +2,27 @@
 //!
 //! Not thread safe, but in loop: it lives in `Connection::ctx` and only the owning loop
 //! touches it. Workers change it through closures they queue on that loop.
+//!
+//! Backpressure: a connection has at most [`MAX_IN_FLIGHT`] requests at workers. At the
+//! cap the frontend pauses reading it; replies resume it once no more than
+//! [`RESUME_IN_FLIGHT`] are left (`answered`), so a client that pipelines without
+//! reading is held back by its own TCP window, not by the server's memory.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::registry::Push;
+use super::worker::Job;
 use crate::net::Connection;
 use crate::proto::codec::FrameDecoder;
 use crate::store::{LogWriter, Mid, UserId};
+
+/// Requests of one connection at workers at most; then it is not read until replies
+/// drain.
+pub const MAX_IN_FLIGHT: u32 = 64;
+/// Requests in flight at which a connection paused at the cap is read again.
+pub const RESUME_IN_FLIGHT: u32 = MAX_IN_FLIGHT / 2;
 
 /// Pushes (or a LOGIN_ACK's offline messages) for a v1 session, handed to a connection
 /// whose socket has not taken them yet. Once it has, they are delivered: settled (taken
@@ -27,9 +39,15 @@ pub struct ConnState {
     /// The logged-in user, from the moment its LOGIN_ACK was queued, and its name.
     pub user: Option<UserId>,
     pub name: Arc<str>,
-    /// Requests handed to a worker and not answered yet. While non-zero, replies made
-    /// on the loop go through the worker too, so replies keep request order.
+    /// Requests handed to a worker and not answered yet (at most `MAX_IN_FLIGHT`).
+    /// While non-zero, replies made on the loop go through the worker too, so replies
+    /// keep request order.
     pub in_flight: u32,
+    /// A job the worker's full queue refused: it goes first once there is room, and
+    /// the connection is not read until then.
+    pub stalled: Option<Job>,
+    /// Waiting to hear that the worker's queue has room.
+    pub awaiting_room: bool,
     /// A fatal frame error was answered; further input is discarded.
     pub failed: bool,
     /// The user's mailbox is being pumped: ask for the next batch once output drains.
@@ -62,6 +80,8 @@ impl ConnState {
             user: None,
             name: Arc::from(""),
             in_flight: 0,
+            stalled: None,
+            awaiting_room: false,
             failed: false,
             want_pump: false,
             bucket: TokenBucket::new(rate),
@@ -91,6 +111,15 @@ impl ConnState {
         self.unconfirmed = HashSet::new();
         self.v2 = false;
         self.user = None;
+    }
+}
+
+/// A request's reply is being queued on the loop (from a worker's closure): one fewer
+/// in flight, and reading resumes once few enough are left.
+pub fn answered(conn: &mut Connection<ConnState>) {
+    conn.ctx.in_flight = conn.ctx.in_flight.saturating_sub(1);
+    if conn.ctx.in_flight <= RESUME_IN_FLIGHT {
+        conn.resume_reading();
     }
 }
 
@@ -201,5 +230,155 @@ impl TokenBucket {
         } else {
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ConnRef;
+    use crate::store::{Conversation, NewMessage, SqliteStore, Store};
+    use std::io::Read;
+
+    /// A store whose inbox of user 1 owes mids 1..=n, and its log writer.
+    fn owed(dir: &tempfile::TempDir, n: usize) -> (Arc<dyn Store>, Arc<LogWriter>) {
+        let url = dir.path().join("chat.db");
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(url.to_str().unwrap()).unwrap());
+        let msgs: Vec<NewMessage> = (0..n)
+            .map(|i| NewMessage {
+                sender: 2,
+                sender_name: "b".into(),
+                to: Conversation::Peer(1),
+                text: Arc::from(format!("m{i}")),
+                time: "2026-01-01 00:00:00".into(),
+                unix_time: 0,
+                cmid: None,
+                recipients: vec![1],
+            })
+            .collect();
+        let mids: Vec<Mid> = store.append(&msgs).unwrap().iter().map(|a| a.mid).collect();
+        assert_eq!(mids, (1..=n as Mid).collect::<Vec<_>>());
+        let writer = Arc::new(LogWriter::new(Arc::clone(&store)).unwrap());
+        (store, writer)
+    }
+
+    fn still_owed(store: &dyn Store, writer: &LogWriter) -> Vec<Mid> {
+        writer.barrier();
+        store.inbox(1, 0, 100_000).unwrap().iter().map(|m| m.mid).collect()
+    }
+
+    /// A connection on a real loopback socket, and the peer's end, which reads only when
+    /// a test says so.
+    fn pair(max_outbuf: usize, writer: &Arc<LogWriter>) -> (Connection<ConnState>, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, addr) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let id = ConnRef { loop_index: 0, key: 0, generation: 1 };
+        let mut ctx = ConnState::new(1 << 16, max_outbuf, 0, 3, Arc::clone(writer));
+        ctx.user = Some(1);
+        (Connection::new(id, mio::net::TcpStream::from_std(server), addr, ctx), peer)
+    }
+
+    fn push(mid: Mid, size: usize) -> Push {
+        Push { mid, text: Arc::from(format!("{{\"mid\":{mid}}}{}", " ".repeat(size))) }
+    }
+
+    /// Hands 64 KiB pushes with mids from 1 until the socket stops taking them; returns
+    /// how many.
+    fn fill(conn: &mut Connection<ConnState>) -> usize {
+        let mut n = 0;
+        while conn.unsent() == 0 && conn.is_open() {
+            n += 1;
+            assert!(n < 10_000, "the socket took 640 MB");
+            send_pushes(conn, 1, vec![push(n as Mid, 64 * 1024)]);
+        }
+        n
+    }
+
+    #[test]
+    fn answered_counts_down_and_resumes_reading_at_the_low_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, writer) = owed(&dir, 0);
+        let (mut conn, _peer) = pair(1 << 20, &writer);
+        conn.ctx.in_flight = MAX_IN_FLIGHT;
+        conn.pause_reading();
+        while conn.ctx.in_flight > RESUME_IN_FLIGHT + 1 {
+            answered(&mut conn);
+            assert!(conn.is_read_paused(), "resumed at {} in flight", conn.ctx.in_flight);
+        }
+        answered(&mut conn);
+        assert_eq!(conn.ctx.in_flight, RESUME_IN_FLIGHT);
+        assert!(!conn.is_read_paused());
+        for _ in 0..RESUME_IN_FLIGHT + 3 {
+            answered(&mut conn);
+        }
+        assert_eq!(conn.ctx.in_flight, 0, "never below zero");
+    }
+
+    #[test]
+    fn v1_pushes_the_socket_took_are_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = owed(&dir, 3);
+        let (mut conn, _peer) = pair(1 << 20, &writer);
+        send_pushes(&mut conn, 1, vec![push(1, 0), push(2, 0)]);
+        assert_eq!(conn.unsent(), 0);
+        assert!(conn.ctx.handed.is_empty());
+        assert_eq!(still_owed(&*store, &writer), [3]);
+    }
+
+    #[test]
+    fn v1_pushes_not_written_stay_owed_until_the_socket_takes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = owed(&dir, 200);
+        let (mut conn, mut peer) = pair(1 << 30, &writer);
+        let n = fill(&mut conn);
+        let owed_now = still_owed(&*store, &writer);
+        assert!(owed_now.first().is_some_and(|&m| m > 1) && owed_now.contains(&(n as Mid)), "{owed_now:?}");
+        // The session ends now: what the socket took is settled, the rest stays owed.
+        let mut buf = vec![0u8; 1 << 20];
+        peer.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        while conn.unsent() > 0 {
+            assert!(peer.read(&mut buf).unwrap() > 0);
+            conn.flush();
+        }
+        let written = conn.written();
+        conn.ctx.end_session(written);
+        assert_eq!(still_owed(&*store, &writer), ((n as Mid + 1)..=200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_slow_reader_cut_off_leaves_its_unwritten_pushes_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = owed(&dir, 1000);
+        let (mut conn, _peer) = pair(256 * 1024, &writer);
+        let mut n = 0;
+        while conn.is_open() {
+            n += 1;
+            send_pushes(&mut conn, 1, vec![push(n, 64 * 1024)]);
+        }
+        let written = conn.written();
+        conn.ctx.end_session(written);
+        let owed_now = still_owed(&*store, &writer);
+        assert!(owed_now.contains(&n), "the last push was never written: {owed_now:?}");
+    }
+
+    #[test]
+    fn v2_pushes_wait_for_received_and_too_many_cut_the_session_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, writer) = owed(&dir, 5);
+        let (mut conn, _peer) = pair(1 << 20, &writer);
+        conn.ctx.v2 = true;
+        send_pushes(&mut conn, 1, vec![push(1, 0), push(2, 0)]);
+        send_pushes(&mut conn, 1, vec![push(2, 0)]);
+        assert_eq!(conn.ctx.unconfirmed.len(), 2, "a mid still unconfirmed is not pushed again");
+        assert_eq!(still_owed(&*store, &writer), [1, 2, 3, 4, 5], "written is not delivered for v2");
+        conn.ctx.confirm(vec![1, 99]);
+        assert_eq!(still_owed(&*store, &writer), [2, 3, 4, 5]);
+        send_pushes(&mut conn, 1, vec![push(3, 0), push(4, 0)]);
+        assert!(conn.is_open(), "3 unconfirmed is the limit here");
+        send_pushes(&mut conn, 1, vec![push(5, 0)]);
+        assert!(!conn.is_open(), "past --max-unconfirmed: cut off");
+        assert_eq!(still_owed(&*store, &writer), [2, 3, 4, 5]);
     }
 }

@@ -43,9 +43,10 @@ impl Hub {
         }
     }
 
+    /// Never waits (a loop's queue may be full): one such task per user at most.
     fn flush_on_loop(&self, conn: ConnRef) {
         let registry = Arc::clone(&self.registry);
-        self.loops.run(conn, move |c| {
+        self.loops.post(conn, move |c| {
             if let Some(c) = c {
                 flush_pending(&registry, c);
             }

@@ -5,13 +5,20 @@
 //! Runs on the loop threads; never blocks. Replies made here (PONG, 429, frame errors)
 //! are written at once only while the connection has no request at a worker; otherwise
 //! they travel through its worker so replies keep request order.
+//!
+//! Backpressure: before each frame, `ready_for_input` checks that the connection has
+//! fewer than `MAX_IN_FLIGHT` requests at workers and no job waiting for room in its
+//! worker's queue; if not, the connection's reading pauses, its unread frames stay in
+//! its input, and a reply (`conn_state::answered`) or room in the queue
+//! (`WorkerPool::when_room`) resumes it. The loop never waits for a worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::conn_state::{send_frame, settle_written, ConnState};
+use super::conn_state::{send_frame, settle_written, ConnState, MAX_IN_FLIGHT};
 use super::hub::Hub;
+use super::test_hooks;
 use super::worker::Job;
 use super::worker_pool::WorkerPool;
 use super::{message, receipt};
@@ -50,9 +57,50 @@ impl Frontend {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Hands a request (or a reply that must follow earlier ones) to the connection's
+    /// worker; if its queue is full, the job waits on the connection (`stall`).
     fn dispatch(&self, conn: &mut Connection<ConnState>, job: Job) {
         conn.ctx.in_flight += 1;
-        self.workers.dispatch(conn.id().hash_key(), job);
+        if let Err(job) = self.workers.try_dispatch(conn.id().hash_key(), job) {
+            self.stall(conn, job);
+        }
+    }
+
+    /// Keeps a job the worker's full queue refused, and stops reading the connection
+    /// until the queue has room.
+    fn stall(&self, conn: &mut Connection<ConnState>, job: Job) {
+        conn.ctx.stalled = Some(job);
+        conn.pause_reading();
+        if !conn.ctx.awaiting_room {
+            conn.ctx.awaiting_room = true;
+            let (loops, id) = (self.hub.loops.clone(), conn.id());
+            // One such task per connection at a time (`awaiting_room`): `post` is safe.
+            self.workers.when_room(id.hash_key(), move || {
+                loops.post(id, |c| {
+                    if let Some(c) = c {
+                        c.ctx.awaiting_room = false;
+                        c.resume_reading();
+                    }
+                })
+            });
+        }
+    }
+
+    /// Whether the next frame may be taken: a stalled job goes first, and no more than
+    /// `MAX_IN_FLIGHT` requests may be at workers. If not, reading pauses (the frames
+    /// stay in the input) until a reply or room in the queue resumes it.
+    fn ready_for_input(&self, conn: &mut Connection<ConnState>) -> bool {
+        if let Some(job) = conn.ctx.stalled.take() {
+            if let Err(job) = self.workers.try_dispatch(conn.id().hash_key(), job) {
+                self.stall(conn, job);
+                return false;
+            }
+        }
+        if conn.ctx.in_flight >= MAX_IN_FLIGHT {
+            conn.pause_reading();
+            return false;
+        }
+        true
     }
 
     /// Sends a reply made on the loop, in order with replies still at a worker.
@@ -76,7 +124,8 @@ impl Frontend {
         if conn.ctx.want_pump && conn.unsent() == 0 {
             conn.ctx.want_pump = false;
             let id = conn.id();
-            self.workers.dispatch(id.hash_key(), Job::Pump(id));
+            // At most one pump at a time per connection (`want_pump`).
+            self.workers.dispatch_always(id.hash_key(), Job::Pump(id));
         }
     }
 
@@ -95,7 +144,10 @@ impl Frontend {
                 let fail = Fail::new(errno::TOO_MANY, "too many requests, slow down");
                 self.answer(conn, reply(reply_type(req.msgid), req.msgid, req.reqid.as_ref(), Err(fail)), false);
             }
-            Ok(req) if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 => {
+            Ok(req)
+                if req.msgid == msg::PING && !req.lossy && conn.ctx.in_flight == 0 && !test_hooks::to_worker(&req) =>
+            {
+                test_hooks::panic_here(&req, test_hooks::Site::Loop);
                 send_frame(conn, &reply(msg::PONG, msg::PING, req.reqid.as_ref(), Ok(Default::default())));
             }
             Ok(req) if req.msgid == msg::ONE_CHAT && message::one_chat_now(&self.hub, conn, &req) => {}
@@ -119,6 +171,9 @@ impl Handler for Frontend {
     fn on_connection(&self, conn: &mut Connection<ConnState>) {
         if conn.is_open() {
             log::debug!("{} connected", conn.peer());
+            // Replies to a peer that does not read stop its reading well before it
+            // would be cut off as a slow reader.
+            conn.set_high_water(self.limits.max_outbuf / 2);
             return;
         }
         log::debug!("{} disconnected", conn.peer());
@@ -126,11 +181,19 @@ impl Handler for Frontend {
         let written = conn.written();
         conn.ctx.end_session(written);
         let id = conn.id();
-        self.workers.dispatch(id.hash_key(), Job::Closed(id));
+        // One of each per connection: a job it read before closing, then its close.
+        if let Some(job) = conn.ctx.stalled.take() {
+            self.workers.dispatch_always(id.hash_key(), job);
+        }
+        self.workers.dispatch_always(id.hash_key(), Job::Closed(id));
     }
 
     fn on_message(&self, conn: &mut Connection<ConnState>) {
         loop {
+            // First, so that a stalled job (a fatal error's reply, say) is not forgotten.
+            if !self.ready_for_input(conn) {
+                return;
+            }
             if conn.ctx.failed || !conn.is_open() || self.draining.load(Ordering::Acquire) {
                 let n = conn.input.len();
                 conn.input.consume(n);

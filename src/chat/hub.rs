@@ -3,13 +3,15 @@
 //!
 //! Built once in `chat::run` and passed down; no globals. Its methods block and run on
 //! worker threads only, except `offer` and `fan_out` (`delivery`) and `append`
-//! (`message`), which any thread may call.
+//! (`message`), which any thread may call. What they queue on a loop waits while that
+//! loop's queue is full (`LoopPool::run`), which cannot deadlock: a loop never waits
+//! for a worker or the log writer.
 
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::bounded;
 
-use super::conn_state::{send_frame, ConnState};
+use super::conn_state::{answered, send_frame, ConnState};
 use super::login_guard::LoginGuard;
 use super::registry::Registry;
 use super::worker::Job;
@@ -33,11 +35,13 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Queues `job` on the worker `key` picks; false when the workers are down.
+    /// Queues `job` on the worker `key` picks; false when the workers are down. Never
+    /// blocks: for jobs bounded by construction (a publish per committed message, whose
+    /// sender has at most `MAX_IN_FLIGHT` requests in flight).
     pub fn dispatch(&self, key: u64, job: Job) -> bool {
         match &*self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(workers) => {
-                workers.dispatch(key, job);
+                workers.dispatch_always(key, job);
                 true
             }
             None => false,
@@ -48,7 +52,7 @@ impl Hub {
     pub fn reply(&self, conn: ConnRef, body: Vec<u8>, close: bool) {
         self.loops.run(conn, move |c| {
             if let Some(c) = c {
-                c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+                answered(c);
                 send_frame(c, &body);
                 if close {
                     c.close();

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::conn_state::ConnState;
+use super::conn_state::{answered, send_frame, ConnState};
 use super::dispatch::{fields, Outcome};
 use super::hub::{unavailable, Hub};
 use super::registry::Push;
@@ -186,8 +186,8 @@ pub fn one_chat_now(hub: &Arc<Hub>, conn: &mut Connection<ConnState>, req: &Requ
         replier.loops.run(id, move |c| {
             if let Some(c) = c {
                 c.ctx.at_writer = c.ctx.at_writer.saturating_sub(1);
-                c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
-                super::conn_state::send_frame(c, &body);
+                answered(c);
+                send_frame(c, &body);
             }
         });
     });

@@ -29,6 +29,7 @@ mod registry;
 mod remote;
 mod server;
 mod session;
+mod test_hooks;
 mod worker;
 mod worker_pool;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::conn_state::ConnState;
+use super::conn_state::{answered, ConnState};
 use super::dispatch::Outcome;
 use super::hub::Hub;
 use super::session::Session;
@@ -51,7 +51,7 @@ pub fn received(hub: &Arc<Hub>, s: &mut Session, conn: ConnRef, req: &Request) -
     s.me(req)?;
     hub.loops.run(conn, move |c| {
         if let Some(c) = c {
-            c.ctx.in_flight = c.ctx.in_flight.saturating_sub(1);
+            answered(c);
             c.ctx.confirm(mids);
         }
     });

@@ -35,9 +35,10 @@ impl RemoteInbox {
         *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = workers;
     }
 
+    /// Past the workers' bound: this thread must not wait (see `worker_pool`).
     fn dispatch(&self, user: UserId, job: Job) {
         match &*self.workers.lock().unwrap_or_else(|p| p.into_inner()) {
-            Some(workers) => workers.dispatch(user_key(user), job),
+            Some(workers) => workers.dispatch_always(user_key(user), job),
             None => log::warn!("a message from the bus for {user} arrived while the workers are down"),
         }
     }

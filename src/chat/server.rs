@@ -198,6 +198,8 @@ fn expire_history(store: Arc<dyn Store>, days: u64) -> Result<(), Error> {
 /// Runs the server `config` describes until SIGINT or SIGTERM.
 pub fn run(config: &Config) -> Result<(), Error> {
     check_limits(config);
+    // A panic caught in one request or connection is logged once, by its catcher.
+    crate::panic_guard::install_hook();
     let server = ChatServer::bind(config)?;
     let stop = server.shutdown_handle();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM])

@@ -2,6 +2,9 @@
 //!
 //! Owns the `Session` of every connection routed to it (by the connection's key, so a
 //! connection's jobs all land here, in order).
+//!
+//! A request whose handler panics is answered with errno 500 (which also ends its
+//! in-flight count), logged once with its connection, and the worker goes on.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,8 +13,10 @@ use super::dispatch;
 use super::hub::Hub;
 use super::registry::Push;
 use super::session::Session;
+use super::test_hooks::{self, Site};
 use crate::net::ConnRef;
-use crate::proto::msg::Request;
+use crate::panic_guard;
+use crate::proto::msg::{errno, reply, reply_type, Fail, Request};
 use crate::store::UserId;
 
 pub enum Job {
@@ -51,7 +56,15 @@ impl Worker {
                     self.hub.writer.barrier();
                 }
                 let session = self.sessions.entry(conn).or_default();
-                dispatch::handle(&self.hub, session, conn, &req);
+                let handled = panic_guard::catch(|| {
+                    test_hooks::panic_here(&req, Site::Worker);
+                    dispatch::handle(&self.hub, session, conn, &req)
+                });
+                if let Err(why) = handled {
+                    log::error!("{conn:?}: request {} failed: {why}; answered 500", req.msgid);
+                    let fail = Fail::new(errno::INTERNAL, "internal error");
+                    self.hub.reply(conn, reply(reply_type(req.msgid), req.msgid, req.reqid.as_ref(), Err(fail)), false);
+                }
             }
             Job::Reply(conn, body, close, after_writer) => {
                 if after_writer {

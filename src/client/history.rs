@@ -10,8 +10,7 @@ use super::inbox::mid_of;
 use super::render::errno_of;
 use crate::proto::msg::errno;
 
-/// HISTORY, a page of a conversation (protocol §10).
-pub const HISTORY: i64 = 19;
+pub use crate::proto::msg::HISTORY;
 
 /// Messages per page: about a terminal's height.
 pub const PAGE: i64 = 20;

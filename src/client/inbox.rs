@@ -11,8 +11,7 @@ use std::collections::{HashSet, VecDeque};
 
 use serde_json::{json, Value};
 
-/// RECEIVED, the v2 client's confirmation (protocol §9).
-pub const RECEIVED: i64 = 18;
+pub use crate::proto::msg::RECEIVED;
 
 /// The most mids one RECEIVED may carry.
 pub const MAX_MIDS_PER_RECEIVED: usize = 1000;

@@ -3,6 +3,15 @@
 //! Not thread safe, but in loop: only the owning `EventLoop` touches a connection. Other
 //! threads reach it through a [`ConnRef`] and `LoopPool::run`, which runs a closure on
 //! the owning loop with the connection, or with `None` when it is gone.
+//!
+//! Backpressure, as muduo has it: the loop stops reading a connection while its unsent
+//! output is past the high-water mark, or while the upper layer has paused reading
+//! (`pause_reading`), and the sender's own TCP window then holds it back. Nothing is
+//! re-registered with the poller: the loop just stops draining the socket and notes
+//! that input may be waiting (`input_held`). When reading may go on again (the output
+//! drained, or `resume_reading`), the loop calls `on_message` with what is buffered
+//! and reads the socket at once, since an edge-triggered poller reports no new edge
+//! for bytes that arrived while it was not reading.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -11,6 +20,10 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::buffer::Buffer;
+
+/// Unsent output past which a connection is not read, unless the upper layer sets
+/// another mark (`set_high_water`).
+pub const DEFAULT_HIGH_WATER: usize = 1 << 20;
 
 /// Names a connection from any thread: (loop index, slab key, generation).
 ///
@@ -55,6 +68,13 @@ pub struct Connection<C> {
     /// While set, `send` only queues: the loop writes once after the callback, so the
     /// replies to all frames of one read cost one `send()`.
     pub(crate) corked: bool,
+    /// Unsent output past which the connection is not read.
+    high_water: usize,
+    /// The upper layer has paused reading.
+    read_paused: bool,
+    /// The loop stopped reading while the socket may hold more: once reading may go on,
+    /// it must read again without waiting for an event.
+    pub(crate) input_held: bool,
     /// The upper layer's per-connection state.
     pub ctx: C,
 }
@@ -75,6 +95,9 @@ impl<C> Connection<C> {
             last_read: now,
             closing_since: None,
             corked: false,
+            high_water: DEFAULT_HIGH_WATER,
+            read_paused: false,
+            input_held: false,
             ctx,
         }
     }
@@ -134,6 +157,33 @@ impl<C> Connection<C> {
     /// Bytes queued but not yet taken by the socket (while corked, not yet tried).
     pub fn unsent(&self) -> usize {
         self.output.len()
+    }
+
+    /// Stops reading this connection until `resume_reading`; input already buffered
+    /// stays in `input`. Takes effect when the current callback returns.
+    pub fn pause_reading(&mut self) {
+        self.read_paused = true;
+    }
+
+    /// Reading may go on: the loop calls `on_message` with what is buffered, then reads
+    /// the socket. Nothing happens if reading was not paused.
+    pub fn resume_reading(&mut self) {
+        self.read_paused = false;
+    }
+
+    pub fn is_read_paused(&self) -> bool {
+        self.read_paused
+    }
+
+    /// Sets the unsent output past which the connection is not read (muduo's
+    /// high-water mark): a peer that does not read its replies stops being read.
+    pub fn set_high_water(&mut self, bytes: usize) {
+        self.high_water = bytes;
+    }
+
+    /// Whether the loop may read this connection now.
+    pub(crate) fn wants_input(&self) -> bool {
+        self.state == State::Open && !self.read_paused && self.output.len() <= self.high_water
     }
 
     /// Closes after the queued output is written; nothing more is read.

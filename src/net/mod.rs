@@ -8,7 +8,12 @@
 //! - [`listen`] makes the listening socket with the backlog asked for (std's is 128);
 //!   [`raise_fd_limit`] lets the process hold as many connections as it may.
 //! - [`LoopPool`] is how any other thread reaches a connection: it queues a closure on
-//!   the owning loop and wakes it; a stale [`ConnRef`] gets `None`.
+//!   the owning loop and wakes it; a stale [`ConnRef`] gets `None`. Each loop's queue is
+//!   bounded (`crate::queue`): a worker waits for room, a loop never does.
+//! - Backpressure: a connection is not read while its unsent output is past its
+//!   high-water mark or the handler has paused it (`Connection::pause_reading`); then
+//!   the peer's TCP window fills and holds it back.
+//! - A panic in a callback for one connection closes that connection, not the loop.
 
 mod acceptor;
 mod buffer;
@@ -19,9 +24,9 @@ mod loop_pool;
 mod server;
 
 pub use buffer::Buffer;
-pub use connection::{ConnRef, Connection};
+pub use connection::{ConnRef, Connection, DEFAULT_HIGH_WATER};
 pub use listener::{listen, raise_fd_limit, somaxconn};
-pub use loop_pool::LoopPool;
+pub use loop_pool::{LoopPool, TASK_BOUND};
 pub use server::{ServerOptions, ShutdownHandle, TcpServer};
 
 use std::time::Instant;
@@ -39,7 +44,10 @@ pub trait Handler: Send + Sync + 'static {
     /// can no longer be written to; this is the last callback for it).
     fn on_connection(&self, conn: &mut Connection<Self::Context>);
 
-    /// Bytes arrived in `conn.input`; consume what was handled.
+    /// Bytes arrived in `conn.input`; consume what was handled. Also called, maybe with
+    /// no new bytes, when reading resumes after a pause (`Connection::resume_reading`,
+    /// or output drained below the high-water mark). Input left unconsumed while
+    /// reading is paused is handed over again then.
     fn on_message(&self, conn: &mut Connection<Self::Context>);
 
     /// The output queued on `conn` has all been written to its socket (muduo's write

@@ -40,6 +40,9 @@ pub mod errno {
     pub const CONFLICT: i64 = 409;
     pub const TOO_LARGE: i64 = 413;
     pub const TOO_MANY: i64 = 429;
+    /// The server failed while handling the request (a bug); nothing is promised of
+    /// what it did.
+    pub const INTERNAL: i64 = 500;
     pub const UNAVAILABLE: i64 = 503;
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-use crate::support::{Client, Server, User};
+use crate::support::{rss_kib, Client, Server, User};
 
 /// A deterministic byte generator (xorshift), so failures reproduce.
 fn noise(len: usize, mut seed: u64) -> Vec<u8> {
@@ -209,16 +209,6 @@ fn max_conns_closes_extra_connections_at_once() {
     std::thread::sleep(Duration::from_millis(300));
     let mut again = s.client();
     assert_eq!(again.call(json!({"msgid": 16})), json!({"msgid": 17}));
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[test]

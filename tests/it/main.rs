@@ -3,6 +3,7 @@
 
 mod support;
 
+mod backpressure;
 mod bus;
 mod client;
 mod cluster;

@@ -204,7 +204,6 @@ fn a_cut_connection_is_made_again_and_the_session_goes_on() {
 }
 
 #[test]
-#[ignore = "needs the message log (issue 13)"]
 fn a_chat_whose_ack_was_lost_is_sent_again_and_delivered_once() {
     let s = Server::start(&[]);
     let mut bob = User::new(&s, "bob");
@@ -230,7 +229,6 @@ fn a_chat_whose_ack_was_lost_is_sent_again_and_delivered_once() {
 }
 
 #[test]
-#[ignore = "needs the message log (issue 13)"]
 fn what_the_client_shows_is_confirmed_and_not_handed_again() {
     let s = Server::start(&[]);
     let mut bob = User::new(&s, "bob");
@@ -262,7 +260,6 @@ fn what_the_client_shows_is_confirmed_and_not_handed_again() {
 }
 
 #[test]
-#[ignore = "needs the message log (issue 13)"]
 fn unconfirmed_messages_come_again_and_are_shown_once() {
     let s = Server::start(&[]);
     let mut bob = User::new(&s, "bob");
@@ -297,7 +294,6 @@ fn unconfirmed_messages_come_again_and_are_shown_once() {
 }
 
 #[test]
-#[ignore = "needs the message log (issue 13)"]
 fn history_pages_back_through_a_conversation() {
     let s = Server::start(&[]);
     let mut bob = User::new(&s, "bob");

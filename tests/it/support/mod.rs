@@ -236,6 +236,17 @@ impl Drop for Server {
     }
 }
 
+/// The resident memory of process `pid` in KiB (VmRSS), 0 if it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// What `Client::poll_frame` saw.
 #[derive(Debug)]
 pub enum Polled {
