@@ -8,20 +8,28 @@
 //! - `connect`: open 5,000 connections, one PONG on each; connections per second.
 //! - `pingpong`: 100 connections each keeping 16 PINGs in flight; PONGs per second.
 //! - `chat`: 100 logged-in pairs, each user keeping 16 ONE_CHATs in flight to its
-//!   partner; delivered messages per second, p50/p99 send-to-receipt latency.
+//!   partner; delivered (durable: both servers commit each message before delivering
+//!   it) messages per second, p50/p99 send-to-receipt latency, and the server's CPU
+//!   time per delivered message.
+//! - `chat_w1`: the same pairs with one message in flight each; p99 latency.
 //! - `fanout`: one sender, a group of 500 logged-in members, next message once all
-//!   have the previous one; deliveries per second, p99 time to the last member.
+//!   have the previous one; deliveries per second, p99 time to the last member, and
+//!   the server's CPU time per delivery.
 //! - `idle`: 10,000 idle connections on a fresh server; resident memory added per
 //!   connection (KiB, VmRSS of the server process).
+//! - `history` (ours only): HISTORY pages of 50 from a conversation of 1,000,000
+//!   messages, the newest page and pages deep in it; p99 latency.
 //!
-//! Each workload ends with `RESULT name=<workload> ours=<x> peer=<y> ratio=<r>`, r > 1
-//! meaning ours is better. Sizes can be lowered for development with `BENCH_*`
-//! environment variables (see `Settings`); the defaults are the published ones.
+//! Each workload ends with `RESULT name=<figure> ours=<x> peer=<y> ratio=<r>` lines, r > 1
+//! meaning ours is better (peer=0 ratio=0: the peer cannot do it). Sizes can be lowered
+//! for development with `BENCH_*` environment variables (see `Settings`); the defaults
+//! are the published ones.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use common::history;
 use common::load::{self, ChatRig, FanoutRig, Run};
 use common::server::{self, Kind, Server};
 
@@ -41,6 +49,7 @@ struct Settings {
     fanout_members: usize,
     fanout_max_msgs: usize,
     idle_n: usize,
+    history_rows: usize,
 }
 
 fn env(name: &str, default: usize) -> usize {
@@ -67,6 +76,7 @@ impl Settings {
             fanout_members: size("BENCH_FANOUT_MEMBERS", 500, 4),
             fanout_max_msgs: env("BENCH_FANOUT_MAX_MSGS", 100_000),
             idle_n: size("BENCH_IDLE_N", 10_000, 50),
+            history_rows: size("BENCH_HISTORY_ROWS", 1_000_000, 1_000),
         }
     }
 }
@@ -109,23 +119,59 @@ impl Runs {
         median(runs.iter().filter_map(f).collect())
     }
 
-    /// Prints latency medians (if any) and the RESULT line.
-    fn report(&self, name: &str, unit: &str, higher_is_better: bool) {
-        let (ours, peer) = (self.med(Kind::Ours, |r| Some(r.figure)), self.med(Kind::Peer, |r| Some(r.figure)));
+    /// Prints the medians of the figure and of the latencies (if any).
+    fn summary(&self, name: &str, unit: &str) {
+        let ms = |kind, f: fn(&Run) -> Option<f64>| fmt(self.med(kind, f) / 1000.0);
+        let (p50, p99) = (|r: &Run| r.p50_us, |r: &Run| r.p99_us);
+        let has_peer = !self.peer.is_empty();
         if self.ours.iter().any(|r| r.p99_us.is_some()) {
-            let ms = |kind, f: fn(&Run) -> Option<f64>| self.med(kind, f) / 1000.0;
-            println!(
-                "{name}: median latency ours p50={:.2} ms p99={:.2} ms | peer p50={:.2} ms p99={:.2} ms",
-                ms(Kind::Ours, |r| r.p50_us),
-                ms(Kind::Ours, |r| r.p99_us),
-                ms(Kind::Peer, |r| r.p50_us),
-                ms(Kind::Peer, |r| r.p99_us),
-            );
+            let peer = if has_peer {
+                format!(" | peer p50={} ms p99={} ms", ms(Kind::Peer, p50), ms(Kind::Peer, p99))
+            } else {
+                String::new()
+            };
+            println!("{name}: median latency ours p50={} ms p99={} ms{peer}", ms(Kind::Ours, p50), ms(Kind::Ours, p99));
         }
+        let figure = |kind| fmt(self.med(kind, |r| Some(r.figure)));
+        let peer = if has_peer { format!(", peer {} {unit}", figure(Kind::Peer)) } else { String::new() };
+        println!("{name}: median ours {} {unit}{peer}", figure(Kind::Ours));
+    }
+
+    /// Prints `RESULT name=<name> ours=.. peer=.. ratio=..` for the medians of `f`; the
+    /// ratio is ours/peer if higher is better, else peer/ours. Without peer runs (a
+    /// workload the peer cannot do) peer and ratio are 0.
+    fn result(&self, name: &str, higher_is_better: bool, f: impl Fn(&Run) -> Option<f64> + Copy) {
+        let ours = self.med(Kind::Ours, f);
+        if self.peer.is_empty() {
+            println!("RESULT name={name} ours={} peer=0 ratio=0", fmt(ours));
+            return;
+        }
+        let peer = self.med(Kind::Peer, f);
         let ratio = if higher_is_better { ours / peer } else { peer / ours };
-        println!("{name}: median ours {} {unit}, peer {} {unit}", fmt(ours), fmt(peer));
+        println!("RESULT name={name} ours={} peer={} ratio={ratio:.2}", fmt(ours), fmt(peer));
+    }
+
+    /// The summary and the RESULT line of the workload's figure.
+    fn report(&self, name: &str, unit: &str, higher_is_better: bool) {
+        self.summary(name, unit);
         let result_name = if name == "idle" { "idle_kib_per_conn" } else { name };
-        println!("RESULT name={result_name} ours={} peer={} ratio={ratio:.2}", fmt(ours), fmt(peer));
+        self.result(result_name, higher_is_better, |r| Some(r.figure));
+    }
+
+    /// The RESULT line of the server's CPU time per delivered message (lower is better).
+    fn report_cpu(&self, name: &str) {
+        let us = |kind| fmt(self.med(kind, |r| r.cpu_us_per_msg));
+        println!(
+            "{name}: median server CPU per delivered message ours {} µs, peer {} µs",
+            us(Kind::Ours),
+            us(Kind::Peer)
+        );
+        self.result(&format!("{name}_cpu_us_per_msg"), false, |r| r.cpu_us_per_msg);
+    }
+
+    /// The RESULT line of the p99 latency in ms (lower is better).
+    fn report_p99(&self, name: &str) {
+        self.result(&format!("{name}_p99_ms"), false, |r| r.p99_us.map(|us| us / 1000.0));
     }
 }
 
@@ -152,10 +198,13 @@ async fn timed_round<F: std::future::Future<Output = Run>>(
     let (cpu, gen) = (srv.cpu_secs() - cpu0, server::self_cpu_secs() - gen0);
     let cs = srv.context_switches().saturating_sub(cs0);
     srv.check_alive();
-    let lat = match (run.p50_us, run.p99_us) {
+    let mut lat = match (run.p50_us, run.p99_us) {
         (Some(p50), Some(p99)) => format!("  p50 {:.2} ms  p99 {:.2} ms", p50 / 1000.0, p99 / 1000.0),
         _ => String::new(),
     };
+    if let Some(us) = run.cpu_us_per_msg {
+        lat.push_str(&format!("  server cpu {us:.2} µs/msg"));
+    }
     println!(
         "{name:<8} round {}/{rounds}  {:<4}  {:>10} {unit}{lat}   [over {wall:.1} s: cpu server {:.0}%, generator {:.0}%; server context switches {}/s]",
         round + 1,
@@ -204,6 +253,7 @@ fn main() {
         s.secs,
         s.warmup,
     );
+    println!("ours on {}; the peer on SQLite (WAL, synchronous=NORMAL)", server::ours_store());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(s.client_threads)
         .enable_all()
@@ -217,7 +267,7 @@ fn main() {
 }
 
 async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
-    let needs_shared = ["connect", "pingpong", "chat", "fanout"].iter().any(|w| selected(w));
+    let needs_shared = ["connect", "pingpong", "chat", "chat_w1", "fanout"].iter().any(|w| selected(w));
     // Users the peer preloads: chat users first, then the fan-out sender and members.
     let peer_users = 2 * s.chat_pairs + s.fanout_members + 1;
     let mut servers = if needs_shared {
@@ -265,7 +315,7 @@ async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
         runs.report("pingpong", "msg/s", true);
     }
 
-    if selected("chat") {
+    if selected("chat") || selected("chat_w1") {
         let (ours, peer) = servers.as_mut().expect("servers");
         let n = 2 * s.chat_pairs;
         let setup = Instant::now();
@@ -273,33 +323,46 @@ async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
         let mut ours_rig = ChatRig::new(load::login(ours.addr, ours_ids).await);
         let mut peer_rig = ChatRig::new(load::login(peer.addr, (1..=n as i64).collect()).await);
         println!("chat: {n} users registered and logged in ({:.1} s, untimed)", setup.elapsed().as_secs_f64());
-        let mut runs = Runs::default();
-        let mut unloaded = Runs::default();
+        let (mut runs, mut w1, mut unloaded) = (Runs::default(), Runs::default(), Runs::default());
         let short = s.secs.min(Duration::from_millis(1000));
         for round in 0..s.rounds {
             for kind in order(round) {
                 let (srv, rig) =
                     if kind == Kind::Ours { (&mut *ours, &mut ours_rig) } else { (&mut *peer, &mut peer_rig) };
-                let f = rig.run(s.window, s.warmup, s.secs, usize::MAX);
-                let run = timed_round("chat", round, s.rounds, srv, "msg/s", f).await;
-                runs.push(kind, run);
-                // Latency without queueing: one user, one message in flight.
-                let f = rig.run(1, s.warmup.min(Duration::from_millis(300)), short, 1);
-                let run = timed_round("chat1", round, s.rounds, srv, "msg/s", f).await;
-                unloaded.push(kind, run);
+                let cpu = srv.cpu();
+                if selected("chat") {
+                    let f = rig.run(s.window, s.warmup, s.secs, usize::MAX, cpu);
+                    runs.push(kind, timed_round("chat", round, s.rounds, srv, "msg/s", f).await);
+                }
+                if selected("chat_w1") {
+                    let f = rig.run(1, s.warmup, s.secs, usize::MAX, cpu);
+                    w1.push(kind, timed_round("chat_w1", round, s.rounds, srv, "msg/s", f).await);
+                }
+                if selected("chat") {
+                    // Latency without queueing: one user, one message in flight.
+                    let f = rig.run(1, s.warmup.min(Duration::from_millis(300)), short, 1, cpu);
+                    unloaded.push(kind, timed_round("chat1", round, s.rounds, srv, "msg/s", f).await);
+                }
             }
         }
         ours_rig.close();
         peer_rig.close();
-        let ms = |r: &Runs, kind, f: fn(&Run) -> Option<f64>| r.med(kind, f) / 1000.0;
-        println!(
-            "chat: unloaded (1 sender, window 1) median latency ours p50={:.3} ms p99={:.3} ms | peer p50={:.3} ms p99={:.3} ms",
-            ms(&unloaded, Kind::Ours, |r| r.p50_us),
-            ms(&unloaded, Kind::Ours, |r| r.p99_us),
-            ms(&unloaded, Kind::Peer, |r| r.p50_us),
-            ms(&unloaded, Kind::Peer, |r| r.p99_us),
-        );
-        runs.report("chat", "msg/s", true);
+        if selected("chat") {
+            let ms = |r: &Runs, kind, f: fn(&Run) -> Option<f64>| r.med(kind, f) / 1000.0;
+            println!(
+                "chat: unloaded (1 sender, window 1) median latency ours p50={:.3} ms p99={:.3} ms | peer p50={:.3} ms p99={:.3} ms",
+                ms(&unloaded, Kind::Ours, |r| r.p50_us),
+                ms(&unloaded, Kind::Ours, |r| r.p99_us),
+                ms(&unloaded, Kind::Peer, |r| r.p50_us),
+                ms(&unloaded, Kind::Peer, |r| r.p99_us),
+            );
+            runs.report("chat", "msg/s", true);
+            runs.report_cpu("chat");
+        }
+        if selected("chat_w1") {
+            w1.summary("chat_w1", "msg/s");
+            w1.report_p99("chat_w1");
+        }
     }
 
     if selected("fanout") {
@@ -325,7 +388,7 @@ async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
             for kind in order(round) {
                 let (srv, rig) =
                     if kind == Kind::Ours { (&mut *ours, &mut ours_rig) } else { (&mut *peer, &mut peer_rig) };
-                let f = rig.run(s.warmup, s.secs, s.fanout_max_msgs);
+                let f = rig.run(s.warmup, s.secs, s.fanout_max_msgs, srv.cpu());
                 let run = timed_round("fanout", round, s.rounds, srv, "deliveries/s", f).await;
                 runs.push(kind, run);
             }
@@ -333,6 +396,7 @@ async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
         ours_rig.close();
         peer_rig.close();
         runs.report("fanout", "deliveries/s", true);
+        runs.report_cpu("fanout");
     }
     drop(servers.take());
 
@@ -372,4 +436,36 @@ async fn run_all(s: &Settings, selected: &dyn Fn(&str) -> bool) {
         }
         runs.report("idle", "KiB/conn", false);
     }
+
+    if selected("history") {
+        history_workload(s).await;
+    }
+}
+
+/// `history`, ours only: two users, `history_rows` messages between them written into
+/// the SQLite file while the server is stopped, then HISTORY pages over the protocol.
+async fn history_workload(s: &Settings) {
+    let mut srv = Server::start(Kind::Ours, s.threads, 1);
+    let ids = load::register(srv.addr, "hist", 2).await;
+    let (a, b) = ((ids[0], "hist0"), (ids[1], "hist1"));
+    let setup = Instant::now();
+    let mut mids = 0..=0;
+    srv.restart_with(|db| mids = history::fill(db, a, b, s.history_rows));
+    println!(
+        "history: {} messages between two users written into the stopped server's database ({:.1} s, untimed)",
+        s.history_rows,
+        setup.elapsed().as_secs_f64()
+    );
+    let mut me = load::login(srv.addr, vec![a.0]).await.remove(0).1;
+    let (mut newest, mut deep) = (Runs::default(), Runs::default());
+    for round in 0..s.rounds {
+        let f = history::run(&mut me, b.0, &mids, false, s.warmup, s.secs);
+        newest.push(Kind::Ours, timed_round("history", round, s.rounds, &mut srv, "pages/s", f).await);
+        let f = history::run(&mut me, b.0, &mids, true, s.warmup, s.secs);
+        deep.push(Kind::Ours, timed_round("history_deep", round, s.rounds, &mut srv, "pages/s", f).await);
+    }
+    newest.summary("history (the newest page)", "pages/s");
+    deep.summary("history_deep (before a random mid of the older half)", "pages/s");
+    newest.report_p99("history");
+    deep.report_p99("history_deep");
 }

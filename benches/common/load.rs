@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 
+use super::server::CpuClock;
 use super::wire::{self, Frames};
 
 /// How long any one reply or delivery may take before the bench gives up.
@@ -178,6 +179,14 @@ pub struct Run {
     /// Latency percentiles in microseconds, where the workload has them.
     pub p50_us: Option<f64>,
     pub p99_us: Option<f64>,
+    /// The server's CPU time per delivered message over the measured interval (µs),
+    /// where the workload delivers messages.
+    pub cpu_us_per_msg: Option<f64>,
+}
+
+/// CPU seconds over a count of messages, in µs per message.
+fn per_msg_us(cpu_secs: f64, msgs: u64) -> Option<f64> {
+    (msgs > 0).then(|| cpu_secs * 1e6 / msgs as f64)
 }
 
 // ---------------------------------------------------------------- connect
@@ -316,8 +325,15 @@ impl ChatRig {
     }
 
     /// One timed round: each of the first `active` users (all: `usize::MAX`) keeps
-    /// `window` messages in flight to its partner.
-    pub async fn run(&mut self, window: u64, warmup: Duration, duration: Duration, active: usize) -> Run {
+    /// `window` messages in flight to its partner. `cpu` is the server's.
+    pub async fn run(
+        &mut self,
+        window: u64,
+        warmup: Duration,
+        duration: Duration,
+        active: usize,
+        cpu: CpuClock,
+    ) -> Run {
         let stop = Arc::new(AtomicBool::new(false));
         let mut writers = JoinSet::new();
         let mut senders = std::mem::take(&mut self.senders);
@@ -330,9 +346,9 @@ impl ChatRig {
         tokio::time::sleep(warmup).await;
         self.hist.lock().expect("hist").reset();
         self.measuring.store(true, Ordering::Relaxed);
-        let (c0, t0) = (delivered(&self.dirs), Instant::now());
+        let (c0, cpu0, t0) = (delivered(&self.dirs), cpu.secs(), Instant::now());
         tokio::time::sleep(duration).await;
-        let (c1, wall) = (delivered(&self.dirs), t0.elapsed().as_secs_f64());
+        let (c1, cpu1, wall) = (delivered(&self.dirs), cpu.secs(), t0.elapsed().as_secs_f64());
         self.measuring.store(false, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         for d in &self.dirs {
@@ -359,6 +375,7 @@ impl ChatRig {
             figure: (c1 - c0) as f64 / wall,
             p50_us: Some(h.value_at_quantile(0.50) as f64),
             p99_us: Some(h.value_at_quantile(0.99) as f64),
+            cpu_us_per_msg: per_msg_us(cpu1 - cpu0, c1 - c0),
         }
     }
 
@@ -577,21 +594,22 @@ impl FanoutRig {
         .await;
     }
 
-    /// One timed round: next message when all members have the previous one.
-    pub async fn run(&mut self, warmup: Duration, duration: Duration, max_msgs: usize) -> Run {
+    /// One timed round: next message when all members have the previous one. `cpu` is
+    /// the server's.
+    pub async fn run(&mut self, warmup: Duration, duration: Duration, max_msgs: usize, cpu: CpuClock) -> Run {
         let start = Instant::now();
         while start.elapsed() < warmup {
             self.one().await;
         }
         self.hist.lock().expect("hist").reset();
         self.measuring.store(true, Ordering::Relaxed);
-        let t0 = Instant::now();
+        let (cpu0, t0) = (cpu.secs(), Instant::now());
         let mut k = 0;
         while t0.elapsed() < duration && k < max_msgs {
             self.one().await;
             k += 1;
         }
-        let wall = t0.elapsed().as_secs_f64();
+        let (cpu1, wall) = (cpu.secs(), t0.elapsed().as_secs_f64());
         self.measuring.store(false, Ordering::Relaxed);
         // Every message acknowledged before the next round.
         let (acked, sent) = (Arc::clone(&self.acked), self.sent);
@@ -608,6 +626,7 @@ impl FanoutRig {
             figure: (k as u64 * self.members) as f64 / wall,
             p50_us: Some(h.value_at_quantile(0.50) as f64),
             p99_us: Some(h.value_at_quantile(0.99) as f64),
+            cpu_us_per_msg: per_msg_us(cpu1 - cpu0, k as u64 * self.members),
         }
     }
 

@@ -9,14 +9,23 @@
 //! a preloaded in-memory user table (ids 1..=N, name `user{id}`, password `pw`),
 //! ONE_CHAT, GROUP_CHAT, PING, and CREATE_GROUP / ADD_GROUP so the load generator can
 //! build the fan-out group the same way for both servers. Replies have our shapes:
-//! LOGIN_ACK, ACK `{"msgid":15,"req":..,"errno":0}`, pushes msgid 6 / 10 with the
-//! server's `time`, PONG `{"msgid":17}`. Messages to an offline user are kept in memory
-//! and handed over in the next LOGIN_ACK's `offlinemsg`.
+//! LOGIN_ACK, ACK `{"msgid":15,"req":..,"errno":0}` (for a chat with the message's
+//! `mid` and `time`), pushes msgid 6 / 10 with `time` and `mid`, PONG `{"msgid":17}`.
+//! Messages to an offline user are kept in memory and handed over in the next
+//! LOGIN_ACK's `offlinemsg`.
+//!
+//! Durable before acknowledged, as ours: every ONE_CHAT and GROUP_CHAT goes to one
+//! writer thread (a `std::thread` fed by an unbounded tokio channel) that inserts a
+//! batch of them, as many as are waiting, in one SQLite transaction (WAL,
+//! `synchronous=NORMAL`, our default) and hands each back to its sender's task with
+//! its rowid as `mid`; that task then delivers the push and writes the ACK. One row per
+//! message. A chat's ACK may thus follow the replies to requests sent after it.
 //!
 //! Runs in its own process (the bench binary re-executed with `--peer-server`), so
 //! its memory and CPU are measured exactly as ours are.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -27,8 +36,13 @@ use tokio::sync::mpsc;
 
 const MAX_FRAME: usize = 64 * 1024;
 
+/// The most messages one transaction holds.
+const MAX_BATCH: usize = 1024;
+
 type Tx = mpsc::UnboundedSender<Arc<str>>;
 type Rx = mpsc::UnboundedReceiver<Arc<str>>;
+/// A chat on its way to the log, and where to hand it back once stored.
+type Job = (Chat, mpsc::UnboundedSender<Stored>);
 
 struct Group {
     name: String,
@@ -40,6 +54,25 @@ struct Shared {
     /// Preloaded, read-only: id → (name, password).
     users: HashMap<i64, (String, String)>,
     state: Mutex<State>,
+    /// To the writer thread.
+    log: mpsc::UnboundedSender<Job>,
+}
+
+/// An accepted ONE_CHAT (`req` 6, `to` a user) or GROUP_CHAT (`req` 10, `to` a group).
+struct Chat {
+    req: i64,
+    from: i64,
+    name: String,
+    to: i64,
+    text: String,
+    time: String,
+    recipients: Vec<i64>,
+}
+
+/// A chat back from the writer: its mid, or `None` when the transaction failed.
+struct Stored {
+    chat: Chat,
+    mid: Option<i64>,
 }
 
 #[derive(Default)]
@@ -50,27 +83,23 @@ struct State {
     next_group: i64,
 }
 
+/// A ONE_CHAT or GROUP_CHAT push, in our field order.
 #[derive(Serialize)]
-struct OneChatPush<'a> {
+struct ChatPush<'a> {
     msgid: i64,
     id: i64,
     name: &'a str,
-    toid: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    toid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groupid: Option<i64>,
     msg: &'a str,
     time: &'a str,
+    mid: i64,
 }
 
-#[derive(Serialize)]
-struct GroupChatPush<'a> {
-    msgid: i64,
-    id: i64,
-    name: &'a str,
-    groupid: i64,
-    msg: &'a str,
-    time: &'a str,
-}
-
-/// Runs the peer until killed: `--threads N` runtime threads, `--users N` preloaded.
+/// Runs the peer until killed: `--threads N` runtime threads, `--users N` preloaded,
+/// the message log in the SQLite file `--db PATH`.
 pub fn main(args: &[String]) {
     let arg = |name: &str, default: usize| {
         args.iter()
@@ -81,13 +110,28 @@ pub fn main(args: &[String]) {
     };
     let threads = arg("--threads", 2);
     let users = arg("--users", 2000) as i64;
+    let Some(db) = args.iter().position(|a| a == "--db").and_then(|i| args.get(i + 1)) else {
+        eprintln!("peer: --db PATH required");
+        std::process::exit(2);
+    };
+    let db = match open_log(Path::new(db)) {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("peer: cannot open {db}: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (log, jobs) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        users: (1..=users).map(|id| (id, (format!("user{id}"), "pw".to_owned()))).collect(),
+        state: Mutex::new(State { next_group: 1, ..Default::default() }),
+        log,
+    });
+    let writer = Arc::clone(&shared);
+    std::thread::spawn(move || write_log(db, jobs, &writer));
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().expect("peer runtime");
     rt.block_on(async move {
-        let shared = Arc::new(Shared {
-            users: (1..=users).map(|id| (id, (format!("user{id}"), "pw".to_owned()))).collect(),
-            state: Mutex::new(State { next_group: 1, ..Default::default() }),
-        });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("peer bind");
         eprintln!("peer listening on {}", listener.local_addr().expect("peer addr"));
         loop {
@@ -107,10 +151,88 @@ pub fn main(args: &[String]) {
     });
 }
 
+/// The message log: one table, one row per message.
+fn open_log(path: &Path) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(path)?;
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         CREATE TABLE IF NOT EXISTS message (
+             mid     INTEGER PRIMARY KEY,
+             sender  INTEGER NOT NULL,
+             toid    INTEGER,
+             groupid INTEGER,
+             msg     TEXT NOT NULL,
+             time    TEXT NOT NULL
+         );",
+    )?;
+    Ok(db)
+}
+
+/// The writer thread: takes every chat waiting (up to `MAX_BATCH`), inserts them in
+/// one transaction, and hands each back to its sender's task once committed.
+fn write_log(mut db: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>, shared: &Shared) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(job) = jobs.blocking_recv() {
+        batch.push(job);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mids = insert(&mut db, &batch).map_err(|e| eprintln!("peer: message log: {e}")).ok();
+        for (i, (chat, done)) in batch.drain(..).enumerate() {
+            let stored = Stored { chat, mid: mids.as_ref().map(|m| m[i]) };
+            // The sender is gone: deliver for it.
+            if let Err(mpsc::error::SendError(stored)) = done.send(stored) {
+                stored.publish(&shared.state);
+            }
+        }
+    }
+}
+
+fn insert(db: &mut rusqlite::Connection, batch: &[Job]) -> rusqlite::Result<Vec<i64>> {
+    let tx = db.transaction()?;
+    let mut mids = Vec::with_capacity(batch.len());
+    {
+        let mut stmt =
+            tx.prepare_cached("INSERT INTO message (sender, toid, groupid, msg, time) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+        for (c, _) in batch {
+            let (toid, groupid) = if c.req == 6 { (Some(c.to), None) } else { (None, Some(c.to)) };
+            mids.push(stmt.insert(rusqlite::params![c.from, toid, groupid, c.text, c.time])?);
+        }
+    }
+    tx.commit()?;
+    Ok(mids)
+}
+
+impl Stored {
+    /// Delivers the push to the recipients; the ACK for the sender.
+    fn publish(self, state: &Mutex<State>) -> Value {
+        let Stored { chat: c, mid } = self;
+        let Some(mid) = mid else {
+            return json!({"msgid": 15, "req": c.req, "errno": 503, "errmsg": "storage unavailable"});
+        };
+        let (toid, groupid) = if c.req == 6 { (Some(c.to), None) } else { (None, Some(c.to)) };
+        let push =
+            ChatPush { msgid: c.req, id: c.from, name: &c.name, toid, groupid, msg: &c.text, time: &c.time, mid };
+        let push: Arc<str> = serde_json::to_string(&push).unwrap_or_default().into();
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        for &to in &c.recipients {
+            deliver(&mut state, to, Arc::clone(&push));
+        }
+        drop(state);
+        json!({"msgid": 15, "req": c.req, "errno": 0, "mid": mid, "time": c.time})
+    }
+}
+
 struct Connection {
     shared: Arc<Shared>,
     me: Option<(i64, String)>,
     rx: Option<Rx>,
+    /// Chats back from the writer (made at LOGIN, with `rx`).
+    stored: Option<(mpsc::UnboundedSender<Stored>, mpsc::UnboundedReceiver<Stored>)>,
     terminator: u8,
     out: Vec<u8>,
     close: bool,
@@ -122,7 +244,7 @@ fn now() -> String {
 
 impl Connection {
     fn new(shared: Arc<Shared>) -> Connection {
-        Connection { shared, me: None, rx: None, terminator: b'\n', out: Vec::new(), close: false }
+        Connection { shared, me: None, rx: None, stored: None, terminator: b'\n', out: Vec::new(), close: false }
     }
 
     async fn run(mut self, mut stream: TcpStream) -> std::io::Result<()> {
@@ -130,6 +252,14 @@ impl Connection {
         let result = self.serve(&mut stream).await;
         if let Some((id, _)) = self.me.take() {
             self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).online.remove(&id);
+        }
+        // Stored chats not yet handed back are delivered without their ACKs; the
+        // writer delivers the later ones itself.
+        if let Some((_, mut stored)) = self.stored.take() {
+            stored.close();
+            while let Ok(s) = stored.try_recv() {
+                s.publish(&self.shared.state);
+            }
         }
         result
     }
@@ -142,6 +272,14 @@ impl Connection {
                     self.frame(push.as_bytes());
                     while let Some(Ok(more)) = self.rx.as_mut().map(|rx| rx.try_recv()) {
                         self.frame(more.as_bytes());
+                    }
+                }
+                Some(s) = async { self.stored.as_mut()?.1.recv().await }, if self.stored.is_some() => {
+                    let ack = s.publish(&self.shared.state);
+                    self.reply(ack);
+                    while let Some(Ok(s)) = self.stored.as_mut().map(|(_, rx)| rx.try_recv()) {
+                        let ack = s.publish(&self.shared.state);
+                        self.reply(ack);
                     }
                 }
                 n = stream.read_buf(&mut buf) => {
@@ -241,41 +379,24 @@ impl Connection {
                 if !self.shared.users.contains_key(&toid) {
                     return self.reply(ack(404, "no such user"));
                 }
-                let (me, name) = self.me.clone().unwrap_or_default();
-                let time = now();
-                let push = OneChatPush { msgid: 6, id: me, name: &name, toid, msg: text, time: &time };
-                let push: Arc<str> = serde_json::to_string(&push).unwrap_or_default().into();
-                let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-                deliver(&mut state, toid, push);
-                drop(state);
-                self.reply(ack(0, ""));
+                self.submit(6, toid, text, vec![toid]);
             }
             10 => {
                 let (Some(groupid), Some(text)) = (int("groupid"), string("msg")) else {
                     return self.reply(ack(400, "groupid and msg required"));
                 };
-                let (me, name) = self.me.clone().unwrap_or_default();
-                let time = now();
-                let push = GroupChatPush { msgid: 10, id: me, name: &name, groupid, msg: text, time: &time };
-                let push: Arc<str> = serde_json::to_string(&push).unwrap_or_default().into();
-                let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                let me = self.me.as_ref().map(|m| m.0).unwrap_or_default();
+                let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
                 let members = match state.groups.get(&groupid) {
-                    None => None,
-                    Some(g) if !g.members.contains(&me) => Some(Err(())),
-                    Some(g) => Some(Ok(g.members.clone())),
-                };
-                let result = match members {
-                    None => ack(404, "no such group"),
-                    Some(Err(())) => ack(403, "not a member"),
-                    Some(Ok(members)) => {
-                        for m in members.into_iter().filter(|m| *m != me) {
-                            deliver(&mut state, m, Arc::clone(&push));
-                        }
-                        ack(0, "")
-                    }
+                    None => Err(ack(404, "no such group")),
+                    Some(g) if !g.members.contains(&me) => Err(ack(403, "not a member")),
+                    Some(g) => Ok(g.members.iter().copied().filter(|m| *m != me).collect()),
                 };
                 drop(state);
-                self.reply(result);
+                match members {
+                    Ok(members) => self.submit(10, groupid, text, members),
+                    Err(nack) => self.reply(nack),
+                }
             }
             8 => {
                 let Some(name) = string("groupname") else { return self.reply(ack(400, "groupname required")) };
@@ -310,6 +431,16 @@ impl Connection {
         }
     }
 
+    /// Hands an accepted chat to the writer; it comes back through `stored`.
+    fn submit(&mut self, req: i64, to: i64, text: &str, recipients: Vec<i64>) {
+        let (Some((from, name)), Some((done, _))) = (&self.me, &self.stored) else { return };
+        let chat = Chat { req, from: *from, name: name.clone(), to, text: text.to_owned(), time: now(), recipients };
+        if let Err(mpsc::error::SendError((chat, _))) = self.shared.log.send((chat, done.clone())) {
+            let nack = Stored { chat, mid: None }.publish(&self.shared.state);
+            self.reply(nack);
+        }
+    }
+
     fn login(&mut self, id: Option<i64>, password: Option<&str>) -> Value {
         let fail = |errno: i64, errmsg: &str| json!({"msgid": 2, "errno": errno, "errmsg": errmsg});
         let (Some(id), Some(password)) = (id, password) else { return fail(400, "id and password required") };
@@ -330,6 +461,7 @@ impl Connection {
         drop(state);
         self.me = Some((id, name.clone()));
         self.rx = Some(rx);
+        self.stored = Some(mpsc::unbounded_channel());
         let mut ack = json!({"msgid": 2, "errno": 0, "id": id, "name": name});
         if !offline.is_empty() {
             ack["offlinemsg"] = offline.iter().map(|m| Value::String(m.to_string())).collect();

@@ -2,10 +2,12 @@
 //! CPU from /proc. Both are killed (SIGKILL) when dropped, also on panic.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::services::MariaDb;
 use super::spawn::{spawn_listening, Spawned};
 
 /// Which server: ours (the release `ChatServer`) or the tokio peer.
@@ -24,43 +26,104 @@ impl Kind {
     }
 }
 
+/// A server's database: a SQLite file in its temp dir, or, for ours with
+/// `BENCH_STORE=mysql`, a fresh database on a private MariaDB (the integration tests'
+/// instance, started once per bench process). The peer is always on SQLite.
+pub enum Db {
+    Sqlite(PathBuf),
+    Mysql(String),
+}
+
+impl Db {
+    fn for_kind(kind: Kind, dir: &tempfile::TempDir) -> Db {
+        match (kind, std::env::var("BENCH_STORE").as_deref()) {
+            (Kind::Peer, _) | (Kind::Ours, Err(_) | Ok("" | "sqlite")) => Db::Sqlite(dir.path().join("chat.db")),
+            (Kind::Ours, Ok("mysql")) => Db::Mysql(MariaDb::shared().create_database()),
+            (Kind::Ours, Ok(other)) => panic!("BENCH_STORE={other}: expected sqlite or mysql"),
+        }
+    }
+
+    /// What `--db` takes.
+    fn url(&self) -> String {
+        match self {
+            Db::Sqlite(path) => format!("sqlite://{}", path.display()),
+            Db::Mysql(url) => url.clone(),
+        }
+    }
+}
+
+/// What ours runs on, for the bench's header line.
+pub fn ours_store() -> &'static str {
+    match std::env::var("BENCH_STORE").as_deref() {
+        Ok("mysql") => "MariaDB (private instance, innodb_flush_log_at_trx_commit=2)",
+        _ => "SQLite (WAL, synchronous=NORMAL)",
+    }
+}
+
+/// Spawns `kind` on `db` and waits for its address.
+fn spawn(kind: Kind, threads: usize, peer_users: usize, db: &Db) -> Spawned {
+    let cmd = match kind {
+        Kind::Ours => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
+            cmd.args(["127.0.0.1", "0", "--db"])
+                .arg(db.url())
+                .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
+                .arg(threads.to_string())
+                // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
+                .args(std::env::var("BENCH_OURS_ARGS").unwrap_or_default().split_whitespace())
+                .env("RUST_LOG", "info");
+            cmd
+        }
+        Kind::Peer => {
+            let Db::Sqlite(path) = db else { panic!("the peer runs on SQLite") };
+            let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
+            cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()])
+                .arg("--db")
+                .arg(path);
+            cmd
+        }
+    };
+    let what = format!("the {} server", kind.name());
+    spawn_listening(cmd, &what, Duration::from_secs(20), 1 << 20)
+}
+
 pub struct Server {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Child,
     log: Arc<Mutex<String>>,
-    _dir: Option<tempfile::TempDir>,
+    threads: usize,
+    peer_users: usize,
+    db: Db,
+    _dir: tempfile::TempDir,
 }
 
 impl Server {
-    /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads.
+    /// Starts `kind` with `threads` event-loop (ours) or runtime (peer) threads, on a
+    /// fresh database (a SQLite file is removed with the server).
     pub fn start(kind: Kind, threads: usize, peer_users: usize) -> Server {
-        let (cmd, dir) = match kind {
-            Kind::Ours => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_ChatServer"));
-                cmd.args(["127.0.0.1", "0", "--db"])
-                    .arg(format!("sqlite://{}", dir.path().join("chat.db").display()))
-                    .args(["--rate-limit", "0", "--login-timeout", "0", "--threads"])
-                    .arg(threads.to_string())
-                    // Extra flags for experiments, e.g. BENCH_OURS_ARGS="--workers 32".
-                    .args(std::env::var("BENCH_OURS_ARGS").unwrap_or_default().split_whitespace())
-                    .env("RUST_LOG", "info");
-                (cmd, Some(dir))
-            }
-            Kind::Peer => {
-                let mut cmd = Command::new(std::env::current_exe().expect("bench executable"));
-                cmd.args(["--peer-server", "--threads", &threads.to_string(), "--users", &peer_users.to_string()]);
-                (cmd, None)
-            }
-        };
-        let what = format!("the {} server", kind.name());
-        let Spawned { child, addr, log } = spawn_listening(cmd, &what, Duration::from_secs(20), 1 << 20);
-        Server { kind, addr, child, log, _dir: dir }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = Db::for_kind(kind, &dir);
+        let Spawned { child, addr, log } = spawn(kind, threads, peer_users, &db);
+        Server { kind, addr, child, log, threads, peer_users, db, _dir: dir }
+    }
+
+    /// Stops the server (SIGKILL), lets `f` change its database, and starts it again on
+    /// that database (at a new address).
+    pub fn restart_with(&mut self, f: impl FnOnce(&Db)) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        f(&self.db);
+        let Spawned { child, addr, log } = spawn(self.kind, self.threads, self.peer_users, &self.db);
+        (self.child, self.addr, self.log) = (child, addr, log);
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    pub fn cpu(&self) -> CpuClock {
+        CpuClock(self.pid())
     }
 
     /// Resident memory in KiB (VmRSS).
@@ -75,14 +138,7 @@ impl Server {
 
     /// CPU seconds (user + system) the server has used so far.
     pub fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are 14 and 15.
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
+        self.cpu().secs()
     }
 
     /// Context switches (voluntary and not) of all the server's threads so far.
@@ -121,6 +177,26 @@ impl Drop for Server {
         if log.contains("panicked") {
             eprintln!("{} server log:\n{log}", self.kind.name());
         }
+    }
+}
+
+/// A process's CPU time, read from /proc: what the load generator samples at the
+/// edges of a measured interval.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuClock(u32);
+
+impl CpuClock {
+    /// CPU seconds (user + system, all threads) the process has used so far, in clock
+    /// ticks (10 ms at the usual 100 Hz).
+    pub fn secs(self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.0)).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are 14 and 15.
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / if hz > 0.0 { hz } else { 100.0 }
     }
 }
 
