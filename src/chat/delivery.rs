@@ -15,7 +15,9 @@
 //!    entry is backlogged, so live pushes cannot overtake older owed ones (registry).
 //! 3. A push lost on the way (the bus dropped it, the recipient's connection closed
 //!    before writing it, a server was killed) is still in the inbox: it comes at the
-//!    next login, or when the bus reconnects (`doorbell`: the pump reads the inbox again).
+//!    next login, or when the bus reconnects (`doorbell`: the pump reads the inbox again
+//!    from its start, after the log writer has applied what this session settled; a v1
+//!    push written in the instant between that barrier and the read can come twice).
 
 use std::sync::Arc;
 
