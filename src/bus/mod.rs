@@ -1,9 +1,12 @@
 //! The bus: how a server reaches users connected to other servers of the cluster.
 //!
-//! Storage is the truth, the bus is the doorbell. A push for a user held elsewhere is
-//! published on that user's channel (the decimal user id, as in the seeds); when
-//! nobody holds the user, the sender stores it in the mailbox and rings the doorbell,
-//! so a server that does hold the user drains the mailbox to them.
+//! Storage is the truth, the bus is the doorbell. Every message is in its recipients'
+//! inboxes before anything is published; then a push for a user held elsewhere is
+//! published on that user's channel (the decimal user id, as in the seeds), and a
+//! server that holds the user writes it to them. A publish that reaches nobody, or is
+//! lost, costs nothing but latency: the inbox row waits for the next login, or for the
+//! re-read after a resubscription. (`ring`, a doorbell telling the holder to read the
+//! inbox, is kept on the wire; the chat layer no longer needs it.)
 //!
 //! Methods are called from worker threads and may block briefly. What arrives for this
 //! server's users is handed to the [`Inbox`] given at construction, on the bus's own

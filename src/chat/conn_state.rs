@@ -50,7 +50,7 @@ pub struct ConnState {
     pub awaiting_room: bool,
     /// A fatal frame error was answered; further input is discarded.
     pub failed: bool,
-    /// The user's mailbox is being pumped: ask for the next batch once output drains.
+    /// The user's inbox is being pumped: ask for the next batch once output drains.
     pub want_pump: bool,
     pub bucket: TokenBucket,
     /// The session is v2: pushes wait in `unconfirmed` until RECEIVED names them.

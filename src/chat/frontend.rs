@@ -119,7 +119,7 @@ impl Frontend {
         }
     }
 
-    /// Asks a worker for the next batch of a backlogged mailbox once output has drained.
+    /// Asks a worker for the next batch of a backlogged inbox once output has drained.
     fn resume_pump(&self, conn: &mut Connection<ConnState>) {
         if conn.ctx.want_pump && conn.unsent() == 0 {
             conn.ctx.want_pump = false;

@@ -4,7 +4,7 @@
 //! `--workers` workers do storage and hashing. Shutdown (SIGINT/SIGTERM, or
 //! `ShutdownHandle::shutdown`): stop accepting, stop taking requests, let requests in
 //! flight finish, flush and close every connection (each close is a LOGINOUT, and
-//! what a connection never wrote goes back to the mailbox), then stop the workers.
+//! what a connection never wrote stays in its inbox), then stop the workers.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
