@@ -17,10 +17,6 @@ impl Bus for LocalBus {
         Ok(false)
     }
 
-    fn ring(&self, _user: UserId) -> Result<(), BusError> {
-        Ok(())
-    }
-
     fn subscribe(&self, _user: UserId) -> Result<(), BusError> {
         Ok(())
     }

@@ -5,8 +5,7 @@
 //! published on that user's channel (the decimal user id, as in the seeds), and a
 //! server that holds the user writes it to them. A publish that reaches nobody, or is
 //! lost, costs nothing but latency: the inbox row waits for the next login, or for the
-//! re-read after a resubscription. (`ring`, a doorbell telling the holder to read the
-//! inbox, is kept on the wire; the chat layer no longer needs it.)
+//! re-read after a resubscription.
 //!
 //! Methods are called from worker threads and may block briefly. What arrives for this
 //! server's users is handed to the [`Inbox`] given at construction, on the bus's own
@@ -39,15 +38,13 @@ impl std::error::Error for BusError {}
 pub enum Incoming {
     /// A push to write to the user's connection.
     Push(UserId, Arc<str>),
-    /// The user's mailbox has mail: drain it to them.
-    Doorbell(UserId),
 }
 
 /// Receives what the bus brings in. Called on the bus's thread: must not block.
 pub trait Inbox: Send + Sync {
     fn incoming(&self, msg: Incoming);
-    /// The bus reconnected and resubscribed these users; doorbells rung meanwhile were
-    /// lost, so their mailboxes should be drained.
+    /// The bus reconnected and resubscribed these users; pushes published meanwhile were
+    /// lost, so their inboxes should be read again.
     fn resubscribed(&self, users: Vec<UserId>);
 }
 
@@ -58,14 +55,12 @@ pub trait Bus: Send + Sync {
         true
     }
     /// Hands a push for `user` to the server that holds them. `Ok(false)` when no
-    /// server does: the caller stores it.
+    /// server does (the message waits in the user's inbox).
     fn publish(&self, user: UserId, push: &str) -> Result<bool, BusError>;
     /// `publish` for many recipients in one round trip; one answer per message.
     fn publish_many(&self, msgs: &[(UserId, Arc<str>)]) -> Result<Vec<bool>, BusError> {
         msgs.iter().map(|(u, m)| self.publish(*u, m)).collect()
     }
-    /// Tells whichever server holds `user` that their mailbox has mail.
-    fn ring(&self, user: UserId) -> Result<(), BusError>;
     /// Starts receiving `user`'s channel; returns once the subscription is confirmed.
     fn subscribe(&self, user: UserId) -> Result<(), BusError>;
     /// Stops receiving `user`'s channel; returns once confirmed, so nothing for `user`

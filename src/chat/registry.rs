@@ -156,7 +156,7 @@ impl Registry {
     }
 
     /// The handover is about to read `user`'s inbox for `conn`: where to go on from
-    /// (`None` when `conn` no longer holds `user`). With `restart` (a doorbell: the
+    /// (`None` when `conn` no longer holds `user`). With `restart` (the bus resubscribed: the
     /// bus may have lost pushes) it reads from the start and the entry takes offers
     /// into `held` again. Hold the lock.
     pub fn begin_handover(&self, user: UserId, conn: ConnRef, restart: bool) -> Option<Mid> {

@@ -3,7 +3,7 @@
 //! Runs on the bus's subscriber thread and never blocks: a push for a local user goes
 //! to the worker its user picks (so one user's pushes stay in order), which offers it
 //! to the user's registry entry. A push for a user no longer here is dropped: it is in
-//! their inbox. Doorbells and resubscriptions make a worker read the user's inbox again.
+//! their inbox. A resubscription makes a worker read the user's inbox again.
 
 use std::sync::Mutex;
 
@@ -57,7 +57,6 @@ impl Inbox for RemoteInbox {
                 Ok(MidOf { mid }) => self.dispatch(user, Job::Remote(user, Push { mid, text })),
                 Err(e) => log::warn!("a push from the bus for {user} has no mid ({e}); dropped"),
             },
-            Incoming::Doorbell(user) => self.dispatch(user, Job::Doorbell(user)),
         }
     }
 

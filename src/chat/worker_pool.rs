@@ -10,8 +10,9 @@
 //! `try_dispatch` is refused when it is full, and the loop stops reading that
 //! connection until `when_room` says the queue has drained to half. `dispatch_always`
 //! goes past the bound, for jobs whose number is bounded by construction: at most one
-//! per connection (its close, an inbox pump it asked for) or per user (pushes from
-//! the bus queued on the user's entry), and for the bus's subscriber thread, which
+//! per connection (its close, an inbox pump it asked for), the log writer's publishes
+//! (one per committed message, whose sender has at most `MAX_IN_FLIGHT` requests in
+//! flight), and the bus's subscriber thread (one job per push it reads), which
 //! must not wait either (Redis would buffer what it cannot deliver, then drop the
 //! subscriber, and with it messages already counted as delivered).
 //! Every function here is safe to call from any thread.

@@ -1,7 +1,7 @@
 //! `Acceptor`: the main loop. Accepts until WouldBlock and deals sockets round-robin to
 //! the event loops.
 //!
-//! Runs on the thread that calls `TcpServer::run`. Per-connection accept errors
+//! Runs on the thread that calls `RunningServer::accept_until_stopped`. Per-connection accept errors
 //! (the peer gave up, a reset) are skipped; running out of file descriptors backs off
 //! instead of spinning; past `max_conns` a socket is accepted and closed at once.
 

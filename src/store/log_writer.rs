@@ -8,7 +8,7 @@
 //!
 //! The writer takes everything queued, up to [`MAX_BATCH`] requests, and commits it
 //! together: every message with one [`Store::append`] (one transaction: one fsync or
-//! WAL append for the batch), then every settle with one [`Store::settle_many`]. Then
+//! WAL append for the batch), then every settle with one [`Store::settle`]. Then
 //! it calls each message's `done`, in the order they were submitted, and releases the
 //! barriers. While a batch commits, the next one queues up, so batches grow with the
 //! load and a lone message is written at once.
@@ -200,7 +200,7 @@ impl Batch {
             }
         }
         if !self.settles.is_empty() {
-            if let Err(err) = store.settle_many(&self.settles) {
+            if let Err(err) = store.settle(&self.settles) {
                 log::warn!("log-writer: settles of {} users not applied (delivered again): {err}", self.settles.len());
             }
         }
@@ -318,8 +318,7 @@ mod tests {
             group_members(group: GroupId) -> Option<Vec<(UserId, Role)>>;
             user_groups(user: UserId) -> Vec<Group>;
             inbox(user: UserId, after: Mid, limit: usize) -> Vec<Message>;
-            settle(user: UserId, mids: &[Mid]) -> ();
-            settle_many(settles: &[(UserId, Vec<Mid>)]) -> ();
+            settle(settles: &[(UserId, Vec<Mid>)]) -> ();
             history(me: UserId, conv: Conversation, before: Option<Mid>, limit: usize) -> (Vec<Message>, bool);
             expire(unix_time: i64) -> usize;
         }

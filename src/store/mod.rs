@@ -12,7 +12,7 @@ mod schema;
 mod sqlite;
 
 pub use self::mysql::MysqlStore;
-pub use log_writer::{Done, LogWriter, MAX_BATCH};
+pub use log_writer::LogWriter;
 pub use sqlite::{SqliteStore, Synchronous};
 
 use std::fmt;
@@ -224,14 +224,9 @@ pub trait Store: Send + Sync {
     /// Up to `limit` messages owed to `user` (in their inbox) with mid > `after`, by mid,
     /// oldest first.
     fn inbox(&self, user: UserId, after: Mid, limit: usize) -> Result<Vec<Message>>;
-    /// Removes these mids from `user`'s inbox (delivered, or confirmed); unknown ones
-    /// are ignored. One transaction.
-    fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()>;
-    /// [`Store::settle`] for several users at once: the log writer's batch of settles.
-    /// Both backends make it one transaction; this default settles user by user.
-    fn settle_many(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
-        settles.iter().try_for_each(|(user, mids)| self.settle(*user, mids))
-    }
+    /// Removes these mids from these users' inboxes (delivered, or confirmed); unknown
+    /// ones are ignored. One transaction: the log writer's batch of settles.
+    fn settle(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()>;
     /// A page of history: the newest `limit` messages of the conversation with mid <
     /// `before` (all when `None`), oldest first, and whether older ones exist.
     /// `Peer(p)` is the conversation between `me` and `p`, both directions (`p` may be

@@ -64,8 +64,7 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a statement waits for a row lock, in seconds: 1, below [`IO_TIMEOUT`] so
 /// that the server, not the socket, gives up first (the server's default is 50).
 const LOCK_WAIT: &str = "SET SESSION innodb_lock_wait_timeout = 1";
-/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout,
-/// or that lost a race.
+/// Tries of a unit of work that the server aborted for a deadlock or a lock timeout.
 const ATTEMPTS: u32 = 5;
 /// Prepared statements kept per connection: about 25 distinct queries, and the
 /// multi-row ones in up to 9 sizes each.
@@ -179,7 +178,10 @@ impl MysqlStore {
             conn.query_drop("START TRANSACTION")?;
             let out = work(conn).and_then(|out| Ok(conn.query_drop("COMMIT").map(|()| out)?));
             if out.as_ref().is_err_and(|failure| !failure.sql().is_some_and(conn_pool::is_broken)) {
-                conn.query_drop("ROLLBACK")?;
+                // The first error is what the caller must see (a deadlock is retried).
+                if let Err(e) = conn.query_drop("ROLLBACK") {
+                    log::warn!("mysql: ROLLBACK failed: {e}");
+                }
             }
             out
         })
@@ -867,11 +869,7 @@ impl Store for MysqlStore {
         self.single(|c| select_inbox(c, user, after, limit))
     }
 
-    fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()> {
-        self.settle_many(&[(user, mids.to_vec())])
-    }
-
-    fn settle_many(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
+    fn settle(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
         // Sorted and merged, so concurrent settles lock rows in one order.
         let mut rows: Vec<(UserId, Mid)> =
             settles.iter().flat_map(|(user, mids)| mids.iter().map(move |&mid| (*user, mid))).collect();

@@ -641,11 +641,7 @@ impl Store for SqliteStore {
         self.read(|c| select_inbox(c, user, after, limit))
     }
 
-    fn settle(&self, user: UserId, mids: &[Mid]) -> Result<()> {
-        self.settle_many(&[(user, mids.to_vec())])
-    }
-
-    fn settle_many(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
+    fn settle(&self, settles: &[(UserId, Vec<Mid>)]) -> Result<()> {
         if settles.iter().all(|(_, mids)| mids.is_empty()) {
             return Ok(());
         }
@@ -733,7 +729,7 @@ mod tests {
     /// The texts of `u`'s inbox, settled.
     fn take(s: &SqliteStore, u: UserId) -> Vec<String> {
         let page = s.inbox(u, 0, 1000).unwrap();
-        s.settle(u, &page.iter().map(|m| m.mid).collect::<Vec<_>>()).unwrap();
+        s.settle(&[(u, page.iter().map(|m| m.mid).collect())]).unwrap();
         page.into_iter().map(|m| m.text).collect()
     }
 

@@ -708,18 +708,18 @@ fn settle_removes_exactly_those(s: &dyn Store) {
     let c = user(s, "carol");
     let batch: Vec<NewMessage> = (0..6).map(|i| msg(a, Conversation::Peer(b), &format!("{i}"), &[b, c])).collect();
     let m: Vec<Mid> = s.append(&batch).unwrap().into_iter().map(|x| x.mid).collect();
-    s.settle(b, &[]).unwrap();
+    s.settle(&[(b, vec![])]).unwrap();
     // Unknown mids, mids owed to someone else, and repeats are ignored.
-    s.settle(b, &[m[1], m[3], m[3], m[5] + 1000, -1]).unwrap();
+    s.settle(&[(b, vec![m[1], m[3], m[3], m[5] + 1000, -1])]).unwrap();
     assert_eq!(texts(&s.inbox(b, 0, 10).unwrap()), ["0", "2", "4", "5"]);
     assert_eq!(texts(&s.inbox(c, 0, 10).unwrap()), ["0", "1", "2", "3", "4", "5"]);
-    s.settle(a, &m).unwrap();
+    s.settle(&[(a, m.clone())]).unwrap();
     assert_eq!(s.inbox(c, 0, 10).unwrap().len(), 6);
-    s.settle(b, &[m[1]]).unwrap(); // already settled
-    s.settle_many(&[(c, vec![m[0], m[5]]), (b, vec![m[0], m[2]]), (c, vec![m[2]])]).unwrap();
+    s.settle(&[(b, vec![m[1]])]).unwrap(); // already settled
+    s.settle(&[(c, vec![m[0], m[5]]), (b, vec![m[0], m[2]]), (c, vec![m[2]])]).unwrap();
     assert_eq!(texts(&s.inbox(b, 0, 10).unwrap()), ["4", "5"]);
     assert_eq!(texts(&s.inbox(c, 0, 10).unwrap()), ["1", "3", "4"]);
-    s.settle_many(&[]).unwrap();
+    s.settle(&[]).unwrap();
     // Settling is not deleting: the messages stay in history.
     assert_eq!(all_history(s, b, Conversation::Peer(a), 100).len(), 6);
 }
@@ -843,7 +843,7 @@ fn expire_deletes_old_messages_with_their_inbox_rows(s: &dyn Store) {
     }
     s.append(&new).unwrap();
     // Settled ones go as well as owed ones.
-    s.settle(b, &old_mids[..10]).unwrap();
+    s.settle(&[(b, old_mids[..10].to_vec())]).unwrap();
 
     assert_eq!(s.expire(1_000).unwrap(), 0, "strictly before");
     assert_eq!(s.expire(2_000).unwrap(), 2500);

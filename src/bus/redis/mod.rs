@@ -1,12 +1,11 @@
 //! `RedisBus`: the bus of a server in a cluster, over Redis publish/subscribe.
 //!
 //! Channels: user `u`'s channel is its decimal id (`"42"`), as in the C++ seeds. A push
-//! is published as its JSON text unchanged; the doorbell is the payload `mailbox` on the
-//! same channel. Each bus also subscribes a private control channel
+//! is published as its JSON text unchanged. Each bus also subscribes a private control channel
 //! (`chat:ctl:<pid>:<nanos>:<n>`, never a decimal id) used only to wake its subscriber.
 //!
 //! Threads:
-//! - Callers (worker threads): `publish`, `publish_many`, `ring` and `online_elsewhere`
+//! - Callers (worker threads): `publish`, `publish_many` and `online_elsewhere`
 //!   run on the calling thread over a small pool of publishing connections
 //!   ([`publishers`]: connect 500 ms, read/write 2 s, so calls fail fast during an
 //!   outage; a connection that failed is dropped, never returned to the pool).
@@ -60,8 +59,6 @@ const IO_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long `Drop` waits for the subscriber thread.
 const STOP_WAIT: Duration = Duration::from_secs(3);
-/// The doorbell payload.
-const DOORBELL: &[u8] = b"mailbox";
 
 type Reply = Sender<Result<(), BusError>>;
 
@@ -184,11 +181,6 @@ impl Bus for RedisBus {
             return Err(BusError(format!("redis publish: {} replies to {} messages", counts.len(), msgs.len())));
         }
         Ok(counts.into_iter().map(|n| n > 0).collect())
-    }
-
-    fn ring(&self, user: UserId) -> Result<(), BusError> {
-        self.publishers.run("ring", |c| redis::cmd("PUBLISH").arg(user).arg(DOORBELL).query::<i64>(c))?;
-        Ok(())
     }
 
     fn subscribe(&self, user: UserId) -> Result<(), BusError> {

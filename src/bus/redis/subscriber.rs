@@ -1,6 +1,6 @@
 //! `Subscriber`: the state machine of the `redis-sub` thread, which owns the subscribing
 //! connection: (re)connect, (re)subscribe, answer requests on confirmation, hand
-//! messages and doorbells to the [`Inbox`].
+//! pushes to the [`Inbox`].
 //!
 //! Runs on the `redis-sub` thread only; what it guarantees is in the parent module's
 //! doc.
@@ -16,7 +16,7 @@ use log::{debug, info, warn};
 
 use super::resp::{encode, Frame};
 use super::sub_conn::{SubConn, Target};
-use super::{channel_user, lock, Reply, Request, Shared, DOORBELL};
+use super::{channel_user, lock, Reply, Request, Shared};
 use crate::bus::{BusError, Inbox, Incoming};
 use crate::store::UserId;
 
@@ -210,16 +210,11 @@ impl Subscriber {
             debug!("redis bus: ignoring message on channel {}", String::from_utf8_lossy(channel));
             return;
         };
-        let msg = if payload == DOORBELL {
-            Incoming::Doorbell(user)
-        } else {
-            let push: Arc<str> = match std::str::from_utf8(payload) {
-                Ok(s) => Arc::from(s),
-                Err(_) => Arc::from(String::from_utf8_lossy(payload).as_ref()),
-            };
-            Incoming::Push(user, push)
+        let push: Arc<str> = match std::str::from_utf8(payload) {
+            Ok(s) => Arc::from(s),
+            Err(_) => Arc::from(String::from_utf8_lossy(payload).as_ref()),
         };
-        self.inbox.incoming(msg);
+        self.inbox.incoming(Incoming::Push(user, push));
     }
 
     fn confirm(&self, conn: &mut SubConn, subscribe: bool, channel: &[u8]) -> io::Result<()> {
